@@ -1,0 +1,34 @@
+// One linter for the project. Import boundaries between rooms are lint rules
+// (see docs/adr/0001-rooms.md): data flows one way, src/content imports nothing of ours.
+import tseslint from 'typescript-eslint';
+
+const room = (dir, forbidden) => ({
+  files: [`src/${dir}/**/*.ts`],
+  rules: {
+    'no-restricted-imports': [
+      'error',
+      {
+        patterns: forbidden.map((r) => ({
+          group: [`**/${r}/*`, `**/${r}`],
+          message: `src/${dir} may not import src/${r} (see ARCHITECTURE rooms).`,
+        })),
+      },
+    ],
+  },
+});
+
+export default tseslint.config(
+  { ignores: ['dist/', 'build/', 'node_modules/', 'bench/**/*.js'] },
+  ...tseslint.configs.recommended,
+  {
+    rules: {
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        { argsIgnorePattern: '^_', varsIgnorePattern: '^_' },
+      ],
+      '@typescript-eslint/consistent-type-imports': 'error',
+    },
+  },
+  room('content', ['image', 'catalog', 'server', 'agent', 'migrate', 'lab', 'cli']),
+  room('image', ['catalog', 'server', 'agent', 'migrate', 'lab', 'cli']),
+);

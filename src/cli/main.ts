@@ -1,0 +1,588 @@
+import { Command, Option, CommanderError } from 'commander';
+import { generateKeyPairSync } from 'node:crypto';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { ReimageError, errorCodes, isReimageError } from '../errors.js';
+import { ContentStore } from '../content/store.js';
+import { captureImage } from '../image/capture.js';
+import { applyImage } from '../image/apply.js';
+import { verifyImage } from '../image/verify.js';
+import { diffImages } from '../image/diff.js';
+import { collectGarbage } from '../image/gc.js';
+import {
+  ImageLibrary,
+  keyIdOf,
+  loadPrivateKey,
+  loadPublicKey,
+  signRecord,
+  type ImageRecord,
+} from '../image/library.js';
+import { formatBytes, progressView, type ProgressMode } from './output.js';
+
+/**
+ * The `reimage` command: `reimage <noun> <verb>`. Only this entry point reads flags and the
+ * environment (REIMAGE_STORE); everything below receives its dependencies explicitly.
+ */
+interface Common {
+  json?: boolean;
+  progress?: ProgressMode;
+  store?: string;
+}
+
+function out(opts: Common, doc: unknown, text: () => string | string[]): void {
+  if (opts.json) {
+    process.stdout.write(JSON.stringify(doc, null, 2) + '\n');
+  } else {
+    const t = text();
+    process.stdout.write((Array.isArray(t) ? t.join('\n') : t) + '\n');
+  }
+}
+
+function openStore(opts: Common, create = false): ContentStore {
+  const path = opts.store ?? process.env.REIMAGE_STORE;
+  if (!path)
+    throw new ReimageError(
+      'USAGE',
+      'no content store given: pass --store PATH or set REIMAGE_STORE',
+    );
+  return ContentStore.open(path, { create });
+}
+
+function readKeyFile(file: string, kind: 'private' | 'public') {
+  let pem: Buffer;
+  try {
+    pem = readFileSync(file);
+  } catch (e) {
+    throw new ReimageError('KEY_INVALID', `cannot read key file ${file}: ${(e as Error).message}`, {
+      cause: e,
+    });
+  }
+  return kind === 'private' ? loadPrivateKey(pem, file) : loadPublicKey(pem, file);
+}
+
+function collect(v: string, prev: string[] = []): string[] {
+  return [...prev, v];
+}
+
+function parseProperties(list: string[] = []): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const kv of list) {
+    const i = kv.indexOf('=');
+    if (i <= 0)
+      throw new ReimageError(
+        'INVALID_ARGUMENT',
+        `--property ${JSON.stringify(kv)} is not KEY=VALUE`,
+      );
+    out[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+  return out;
+}
+
+function cancellable(): { signal: AbortSignal; done: () => void } {
+  const ac = new AbortController();
+  const onInt = () => {
+    process.stderr.write('\ncancelling…\n');
+    ac.abort();
+  };
+  process.on('SIGINT', onInt);
+  process.on('SIGTERM', onInt);
+  return {
+    signal: ac.signal,
+    done: () => {
+      process.off('SIGINT', onInt);
+      process.off('SIGTERM', onInt);
+    },
+  };
+}
+
+function withCommon(cmd: Command, store = true): Command {
+  cmd.option('--json', 'print one JSON document at the end');
+  cmd.addOption(
+    new Option('--progress <mode>', 'progress display')
+      .choices(['auto', 'bar', 'plain', 'json', 'none'])
+      .default('auto'),
+  );
+  if (store) cmd.option('--store <path>', 'content store (default: $REIMAGE_STORE)');
+  return cmd;
+}
+
+function summary(rec: ImageRecord, names: string[]): string[] {
+  const p = rec.properties;
+  const s = rec.stats;
+  const dedup = s.dataBytes > 0 ? (s.dataBytes / Math.max(1, s.uniqueBytes)).toFixed(2) : '1.00';
+  const lines = [
+    `id:           ${rec.id}`,
+    `names:        ${names.join(', ') || '(none; reachable by id)'}`,
+    `description:  ${p.description ?? ''}`,
+    `os:           ${[p.osFamily, p.osVersion, p.architecture].filter(Boolean).join(' ')}`,
+    `created:      ${p.created} on ${p.sourceMachine ?? '?'}`,
+    `entries:      ${s.entries} (${s.files} files, ${s.dirs} dirs, ${s.symlinks} symlinks, ${s.hardlinks} hard links, ${s.devices} devices, ${s.fifos} fifos)`,
+    `bytes:        ${formatBytes(s.bytes)} (${formatBytes(s.dataBytes)} of data)`,
+    `chunks:       ${s.chunks} (${s.uniqueChunks} unique, ${formatBytes(s.uniqueBytes)}; dedup ${dedup}x)`,
+    `packs:        ${rec.packs.length}`,
+    `signed:       ${rec.signature ? `ed25519 key ${rec.signature.keyId}` : 'no'}`,
+  ];
+  if (rec.parent) lines.push(`parent:       ${rec.parent}`);
+  for (const [k, v] of Object.entries(p.custom)) lines.push(`property:     ${k}=${v}`);
+  return lines;
+}
+
+export function buildProgram(): Command {
+  const program = new Command('reimage')
+    .description('Capture, package, distribute and deploy operating-system images in place.')
+    .version(
+      JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8'))
+        .version as string,
+    )
+    .showHelpAfterError()
+    .exitOverride();
+
+  const image = program.command('image').description('capture, inspect, apply and verify images');
+
+  withCommon(
+    image
+      .command('capture')
+      .argument('<source>', 'root of the tree to capture')
+      .requiredOption(
+        '--name <name>',
+        'image name (unique in the store; a new capture keeps the older one by id)',
+      )
+      .option('--description <text>', 'description')
+      .option(
+        '--property <key=value>',
+        'property (os, version, arch, or any key); repeatable',
+        collect,
+      )
+      .option(
+        '--exclude <pattern>',
+        'glob to leave out (/-anchored at the root, else any depth); repeatable',
+        collect,
+      )
+      .option(
+        '--system',
+        'capturing a live system: leave out /proc, /sys, /dev, /run, /tmp contents; one filesystem',
+      )
+      .option('--one-file-system', 'do not descend into other filesystems')
+      .option('--skip-unreadable', 'leave out unreadable files with a warning instead of failing')
+      .option(
+        '--parent <image>',
+        'earlier capture of this tree: files unchanged since (size, mtime, inode, ctime) are not read again',
+      )
+      .option('--sign-key <file>', 'ed25519 private key (PEM) to sign the image with')
+      .option(
+        '--source-machine <name>',
+        'source machine recorded in the properties (default: this host)',
+      )
+      .option('--workers <n>', 'worker threads (default: one per core)', (v) => parseInt(v, 10)),
+  ).action(async (source: string, o: Common & Record<string, unknown>) => {
+    const store = (() => {
+      const path = o.store ?? process.env.REIMAGE_STORE;
+      if (!path)
+        throw new ReimageError(
+          'USAGE',
+          'no content store given: pass --store PATH or set REIMAGE_STORE',
+        );
+      return ContentStore.open(path, { create: true });
+    })();
+    const view = progressView(o.progress ?? 'auto', !!o.json);
+    const c = cancellable();
+    try {
+      const res = await captureImage({
+        source,
+        store,
+        name: o.name as string,
+        description: o.description as string | undefined,
+        properties: parseProperties(o.property as string[] | undefined),
+        excludes: (o.exclude as string[] | undefined) ?? [],
+        system: !!o.system,
+        oneFileSystem: o.oneFileSystem ? true : undefined,
+        skipUnreadable: !!o.skipUnreadable,
+        parent: o.parent as string | undefined,
+        signKey: o.signKey ? readKeyFile(o.signKey as string, 'private') : undefined,
+        sourceMachine: o.sourceMachine as string | undefined,
+        workers: o.workers as number | undefined,
+        signal: c.signal,
+        onProgress: view.onProgress,
+        onWarning: view.onWarning,
+      });
+      view.stop();
+      out(
+        o,
+        { image: res.record, created: res.created, reused: res.reused, warnings: res.warnings },
+        () => [
+          ...summary(res.record, [o.name as string]),
+          `stored:       ${formatBytes(res.record.stats.storedBytes)} new in the store${res.created ? '' : ' (identical tree was already there)'}`,
+          ...(res.warnings.length ? [`warnings:     ${res.warnings.length}`] : []),
+          res.record.id,
+        ],
+      );
+    } finally {
+      view.stop();
+      c.done();
+    }
+  });
+
+  withCommon(
+    image.command('list').description('list images (named, and unnamed older versions)'),
+  ).action((o: Common) => {
+    const lib = new ImageLibrary(openStore(o));
+    const records = lib.listRecords();
+    const names = lib.listNames();
+    const rows = records
+      .map((r) => ({ ...r, names: names.filter((n) => n.id === r.id).map((n) => n.name) }))
+      .sort((a, b) => a.properties.created.localeCompare(b.properties.created));
+    out(
+      o,
+      {
+        images: rows.map((r) => ({
+          id: r.id,
+          names: r.names,
+          properties: r.properties,
+          stats: r.stats,
+          signed: !!r.signature,
+        })),
+      },
+      () =>
+        rows.length === 0
+          ? 'no images'
+          : [
+              'ID            NAMES                 OS              FILES    SIZE       CREATED',
+              ...rows.map(
+                (r) =>
+                  `${r.id.slice(0, 12)}  ${(r.names.join(',') || '-').padEnd(20)}  ${[r.properties.osFamily, r.properties.osVersion].filter(Boolean).join(' ').padEnd(14)}  ${String(r.stats.files).padStart(6)}  ${formatBytes(r.stats.bytes).padStart(9)}  ${r.properties.created}`,
+              ),
+            ],
+    );
+  });
+
+  withCommon(
+    image
+      .command('show')
+      .argument('<image>', 'name or id')
+      .option('--files', 'also list every entry'),
+  ).action((ref: string, o: Common & { files?: boolean }) => {
+    const lib = new ImageLibrary(openStore(o));
+    const rec = lib.resolve(ref);
+    const names = lib.namesOf(rec.id);
+    const prev = names.map((n) => lib.getName(n)!).flatMap((n) => n.previous);
+    let files: string[] | undefined;
+    if (o.files) {
+      const { manifest } = lib.loadManifest(rec.id);
+      files = manifest.entries.map(
+        (e) =>
+          `${e.type.padEnd(8)} ${(e.mode & 0o7777).toString(8).padStart(4, '0')} ${e.uid}:${e.gid} ${String(e.size).padStart(10)} /${e.path.toString('utf8')}${e.target ? ` -> ${e.target.toString('utf8')}` : ''}`,
+      );
+    }
+    out(o, { image: rec, names, previousVersions: prev, files }, () => [
+      ...summary(rec, names),
+      ...(prev.length ? [`previous:     ${prev.join(', ')}`] : []),
+      ...(files ?? []),
+    ]);
+  });
+
+  withCommon(
+    image
+      .command('apply')
+      .argument('<image>', 'name or id')
+      .argument('<target>', 'new or empty directory')
+      .option(
+        '--trusted-key <file>',
+        'refuse the image unless signed by this ed25519 public key (PEM)',
+      )
+      .option(
+        '--no-owners',
+        'do not set owners or create devices (default: set them when running as root)',
+      )
+      .option('--workers <n>', 'worker threads (default: one per core)', (v) => parseInt(v, 10)),
+  ).action(
+    async (
+      ref: string,
+      target: string,
+      o: Common & { trustedKey?: string; owners?: boolean; workers?: number },
+    ) => {
+      const store = openStore(o);
+      const view = progressView(o.progress ?? 'auto', !!o.json);
+      const c = cancellable();
+      try {
+        const res = await applyImage({
+          store,
+          image: ref,
+          target,
+          trustedKey: o.trustedKey ? readKeyFile(o.trustedKey, 'public') : undefined,
+          owners: o.owners === false ? false : undefined,
+          workers: o.workers,
+          signal: c.signal,
+          onProgress: view.onProgress,
+          onWarning: view.onWarning,
+        });
+        view.stop();
+        out(
+          o,
+          {
+            image: res.record.id,
+            target,
+            entries: res.entries,
+            bytes: res.bytes,
+            warnings: res.warnings,
+          },
+          () =>
+            `applied ${res.record.properties.name} (${res.record.id.slice(0, 12)}): ${res.entries} entries, ${formatBytes(res.bytes)} into ${target}`,
+        );
+      } finally {
+        view.stop();
+        c.done();
+      }
+    },
+  );
+
+  withCommon(
+    image
+      .command('verify')
+      .argument('<image>', 'name or id')
+      .option(
+        '--trusted-key <file>',
+        'also check the signature against this ed25519 public key (PEM)',
+      ),
+  ).action(async (ref: string, o: Common & { trustedKey?: string }) => {
+    const view = progressView(o.progress ?? 'auto', !!o.json);
+    try {
+      const res = await verifyImage({
+        store: openStore(o),
+        image: ref,
+        trustedKey: o.trustedKey ? readKeyFile(o.trustedKey, 'public') : undefined,
+        onProgress: view.onProgress,
+      });
+      view.stop();
+      out(
+        o,
+        {
+          image: res.record.id,
+          ok: res.problems.length === 0,
+          signature: res.signature,
+          chunks: res.chunks,
+          bytes: res.bytes,
+          problems: res.problems,
+        },
+        () => [
+          ...res.problems.map((p) => `${p.code}: ${p.message}`),
+          `${res.problems.length === 0 ? 'ok' : 'FAILED'}: ${res.chunks} chunks (${formatBytes(res.bytes)}) checked, ${res.problems.length} bad; manifest hash ok; signature ${res.signature}`,
+        ],
+      );
+      if (res.problems.length) {
+        const first = res.problems[0]!;
+        throw new ReimageError(
+          first.code,
+          `${res.problems.length} chunk(s) of image ${res.record.id} failed verification (first: ${first.message})`,
+          {
+            details: { reported: true },
+          },
+        );
+      }
+    } finally {
+      view.stop();
+    }
+  });
+
+  withCommon(
+    image
+      .command('diff')
+      .argument('<from>', 'name or id')
+      .argument('<to>', 'name or id')
+      .option(
+        '--limit <n>',
+        'list at most n changed entries (default 200; 0 for all)',
+        (v) => parseInt(v, 10),
+        200,
+      ),
+  ).action((a: string, b: string, o: Common & { limit: number }) => {
+    const d = diffImages(openStore(o), a, b);
+    const shown = o.limit > 0 ? d.changes.slice(0, o.limit) : d.changes;
+    out(o, d, () => [
+      ...shown.map(
+        (c) =>
+          `${c.change === 'added' ? '+' : c.change === 'removed' ? '-' : 'M'} /${c.path === '/' ? '' : c.path}${c.fields ? `  (${c.fields.join(', ')})` : ''}`,
+      ),
+      ...(shown.length < d.changes.length
+        ? [`… ${d.changes.length - shown.length} more (--limit 0 for all)`]
+        : []),
+      `${d.added} added, ${d.removed} removed, ${d.modified} modified, ${d.unchanged} unchanged; ${formatBytes(d.newDataBytes)} of new data`,
+    ]);
+  });
+
+  withCommon(
+    image
+      .command('delete')
+      .argument('<images...>', 'names or ids')
+      .option('--all-versions', 'also delete the previous versions kept under each name'),
+  ).action(async (refs: string[], o: Common & { allVersions?: boolean }) => {
+    const store = openStore(o);
+    const lib = new ImageLibrary(store);
+    const lock = await store.lock('shared', 'image delete');
+    const deleted: string[] = [];
+    try {
+      // Resolve everything first: a bad name changes nothing.
+      const plan = refs.map((ref) => ({ ref, rec: lib.resolve(ref), name: lib.getName(ref) }));
+      for (const { ref, rec, name } of plan) {
+        if (!name) {
+          const named = lib.namesOf(rec.id);
+          if (named.length) {
+            throw new ReimageError(
+              'IMAGE_IN_USE',
+              `image ${rec.id} is named ${named.join(', ')}; delete it by name (${ref} is its id)`,
+            );
+          }
+        }
+      }
+      for (const { rec, name } of plan) {
+        const ids = [rec.id, ...(name && o.allVersions ? name.previous : [])];
+        if (name) lib.deleteName(name.name);
+        for (const id of ids) {
+          if (lib.namesOf(id).length === 0 && lib.getRecord(id)) {
+            lib.deleteImage(id);
+            deleted.push(id);
+          }
+        }
+      }
+    } finally {
+      lock.release();
+    }
+    out(
+      o,
+      { deleted },
+      () => `deleted ${deleted.length} image(s); run \`reimage store gc\` to free their space`,
+    );
+  });
+
+  withCommon(
+    image
+      .command('sign')
+      .argument('<image>', 'name or id')
+      .requiredOption('--key <file>', 'ed25519 private key (PEM)'),
+  ).action((ref: string, o: Common & { key: string }) => {
+    const lib = new ImageLibrary(openStore(o));
+    const rec = lib.resolve(ref);
+    lib.loadManifest(rec.id); // only sign what hashes to its id
+    rec.signature = signRecord(rec, readKeyFile(o.key, 'private'));
+    lib.putRecord(rec);
+    out(
+      o,
+      { image: rec.id, signature: rec.signature },
+      () => `signed ${rec.id} with key ${rec.signature!.keyId}`,
+    );
+  });
+
+  const store = program.command('store').description('content store maintenance');
+  withCommon(
+    store
+      .command('gc')
+      .description('delete packs and objects no image needs (waits for running captures)')
+      .option('--dry-run', 'say what would be deleted')
+      .option(
+        '--wait <seconds>',
+        'how long to wait for running captures and applies',
+        (v) => parseInt(v, 10),
+        600,
+      ),
+  ).action(async (o: Common & { dryRun?: boolean; wait: number }) => {
+    const res = await collectGarbage(openStore(o), {
+      waitMs: o.wait * 1000,
+      dryRun: !!o.dryRun,
+      onWait: (h) =>
+        process.stderr.write(
+          `waiting for ${h.map((x) => `${x.purpose} (pid ${x.pid})`).join(', ')}…\n`,
+        ),
+    });
+    out(
+      o,
+      res,
+      () =>
+        `${o.dryRun ? 'would delete' : 'deleted'} ${res.packsDeleted} pack(s) (${formatBytes(res.bytesFreed)}), ${res.objectsDeleted} object(s), ${res.tmpRemoved} leftover temporary folder(s); ${res.packsKept} pack(s) in use`,
+    );
+  });
+
+  withCommon(store.command('show').description('what the store holds')).action((o: Common) => {
+    const s = openStore(o);
+    const packs = s.listPacks();
+    let bytes = 0;
+    for (const p of packs) bytes += statSync(s.packPath(p)).size;
+    const lib = new ImageLibrary(s);
+    const doc = {
+      store: s.root,
+      packs: packs.length,
+      packBytes: bytes,
+      chunks: s.loadIndex(packs).size,
+      images: lib.listRecords().length,
+      names: lib.listNames().length,
+      locks: s.lockHolders(),
+    };
+    out(o, doc, () => [
+      `store:   ${doc.store}`,
+      `images:  ${doc.images} (${doc.names} names)`,
+      `packs:   ${doc.packs} (${formatBytes(doc.packBytes)}), ${doc.chunks} chunks`,
+      `locks:   ${doc.locks.length ? doc.locks.map((l) => `${l.kind} ${l.purpose} pid ${l.pid}`).join('; ') : 'none'}`,
+    ]);
+  });
+
+  const key = program.command('key').description('signing keys');
+  withCommon(
+    key
+      .command('create')
+      .description('make an ed25519 key pair for signing images')
+      .requiredOption('--out <file>', 'private key file; the public key goes to FILE.pub'),
+    false,
+  ).action((o: Common & { out: string }) => {
+    if (existsSync(o.out))
+      throw new ReimageError('INVALID_ARGUMENT', `${o.out} exists; refusing to overwrite a key`);
+    const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+    writeFileSync(o.out, privateKey.export({ format: 'pem', type: 'pkcs8' }), {
+      mode: 0o600,
+      flag: 'wx',
+    });
+    writeFileSync(`${o.out}.pub`, publicKey.export({ format: 'pem', type: 'spki' }), {
+      flag: 'wx',
+    });
+    out(
+      o,
+      { private: o.out, public: `${o.out}.pub`, keyId: keyIdOf(publicKey) },
+      () => `key ${keyIdOf(publicKey)}: ${o.out} (private), ${o.out}.pub (public)`,
+    );
+  });
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  const json = argv.includes('--json');
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      return e.exitCode === 0 ? 0 : errorCodes.USAGE.exit;
+    }
+    if (isReimageError(e)) {
+      // A command that already printed its JSON document (verify's report) marks the error as reported.
+      const reported = e.details.reported === true;
+      if (json && !reported) {
+        process.stdout.write(
+          JSON.stringify(
+            { error: { code: e.code, message: e.message, details: e.details } },
+            null,
+            2,
+          ) + '\n',
+        );
+      }
+      if (!reported || !json) {
+        process.stderr.write(`reimage: ${e.code}: ${e.message}\n`);
+        if (e.code !== 'CANCELLED') process.stderr.write(`  ${errorCodes[e.code].help}\n`);
+      }
+      return e.exitCode;
+    }
+    process.stderr.write(
+      `reimage: internal error (a bug; please report it): ${(e as Error)?.stack ?? String(e)}\n`,
+    );
+    return 70;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

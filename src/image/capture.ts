@@ -1,0 +1,759 @@
+import { availableParallelism, hostname } from 'node:os';
+import {
+  closeSync,
+  constants,
+  lstatSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  readSync,
+  realpathSync,
+  type BigIntStats,
+} from 'node:fs';
+import { relative, resolve, sep } from 'node:path';
+import { Minimatch } from 'minimatch';
+import type { KeyObject } from 'node:crypto';
+import { Compressor, Decompressor } from 'zstd-napi';
+import { ReimageError } from '../errors.js';
+import { hashKey, sha256Hex } from '../content/digest.js';
+import type { ContentStore, ChunkIndex } from '../content/store.js';
+import type { Frame } from '../content/pack.js';
+import { encodeManifest } from './formats/native/v1/manifest-codec.js';
+import { joinPath, showPath, type Entry } from './manifest.js';
+import {
+  ImageLibrary,
+  checkImageName,
+  signRecord,
+  type ImageProperties,
+  type ImageRecord,
+  type ImageStats,
+} from './library.js';
+import { majorMinor, readXattrs } from './posix.js';
+import { ProgressMeter, type Progress, type Warning } from './progress.js';
+import type { CaptureWorkerData, FileTask, FromWorker } from './capture-worker.js';
+import { BatchQueue, runPool } from './pool.js';
+
+/** Excluded with `--system`: the contents of pseudo and volatile filesystems of a live system. */
+export const SYSTEM_EXCLUDES = [
+  '/proc/*',
+  '/sys/*',
+  '/dev/*',
+  '/run/*',
+  '/tmp/*',
+  '/var/tmp/*',
+  '/mnt/*',
+  '/media/*',
+  '/lost+found/*',
+];
+
+export interface CaptureOptions {
+  source: string;
+  store: ContentStore;
+  name: string;
+  description?: string;
+  /** Typed properties (os, version, arch) and free-form ones. */
+  properties?: Record<string, string>;
+  sourceMachine?: string;
+  excludes?: string[];
+  system?: boolean;
+  /** Do not descend into other filesystems (default: true with `system`). */
+  oneFileSystem?: boolean;
+  skipUnreadable?: boolean;
+  /** Name or id of an earlier capture of the same tree: unchanged files are not read again. */
+  parent?: string;
+  signKey?: KeyObject;
+  signal?: AbortSignal;
+  onProgress?: (p: Progress) => void;
+  onWarning?: (w: Warning) => void;
+  workers?: number;
+  level?: number;
+}
+
+export interface CaptureResult {
+  record: ImageRecord;
+  warnings: Warning[];
+  /** false when an identical tree was already in the store */
+  created: boolean;
+  /** files taken from the parent image without reading them */
+  reused: number;
+}
+
+interface StatFacts {
+  ino: bigint;
+  ctimeNs: bigint;
+}
+
+interface ParentFile {
+  ino: string;
+  size: number;
+  mtimeNs: string;
+  ctimeNs: string;
+  entry: Entry;
+}
+
+const BATCH_FILES = 128;
+const BATCH_BYTES = 4 * 1024 * 1024;
+
+/** Captures a directory tree into the store as a native v1 image. */
+export async function captureImage(opts: CaptureOptions): Promise<CaptureResult> {
+  checkImageName(opts.name);
+  const source = resolve(opts.source);
+  let st: BigIntStats;
+  try {
+    st = lstatSync(source, { bigint: true });
+  } catch (e) {
+    throw new ReimageError('SOURCE_NOT_DIRECTORY', `cannot read the capture source ${source}`, {
+      cause: e,
+    });
+  }
+  if (!st.isDirectory())
+    throw new ReimageError('SOURCE_NOT_DIRECTORY', `${source} is not a directory`);
+
+  const store = opts.store;
+  const lib = new ImageLibrary(store);
+  const warnings: Warning[] = [];
+  const warn = (w: Warning) => {
+    warnings.push(w);
+    opts.onWarning?.(w);
+  };
+  const meter = new ProgressMeter('capture', opts.onProgress);
+  const lock = await store.lock('shared', `capture ${opts.name}`);
+  let session: ReturnType<ContentStore['beginSession']> | undefined;
+  try {
+    const parent = opts.parent ? loadParent(lib, opts.parent) : undefined;
+    checkAborted(opts.signal);
+
+    // 1-3. Walk the tree in steps, handing files to the workers as they are found, so that
+    // reading and compressing overlap the walk. Files unchanged since the parent are reused.
+    const known = store.loadIndex();
+    session = store.beginSession(known);
+    meter.setPhase('data');
+    const queue = new BatchQueue<FileTask>();
+    const walker = new Walker(source, store.root, opts, warn, parent, meter);
+    const pool = runWorkers(queue, walker.entries, known, session, opts, meter, warn);
+    pool.catch(() => {}); // observed below; avoid an unhandled rejection while walking
+    let pending: FileTask[] = [];
+    let pendingBytes = 0;
+    try {
+      while (!walker.done) {
+        walker.step(512, (t) => {
+          pending.push(t);
+          pendingBytes += t.size;
+          if (pending.length >= BATCH_FILES || pendingBytes >= BATCH_BYTES) {
+            queue.push(pending);
+            pending = [];
+            pendingBytes = 0;
+          }
+        });
+        checkAborted(opts.signal);
+        meter.tick();
+        await new Promise<void>((r) => setImmediate(r));
+      }
+      if (pending.length) queue.push(pending);
+      queue.close();
+    } catch (e) {
+      queue.close();
+      await pool.catch(() => {});
+      throw e;
+    }
+    const failed = await pool;
+    checkAborted(opts.signal);
+    const entries = walker.entries;
+    const statFacts = walker.stats;
+    const kept = dropFailed(entries, failed, warn);
+
+    // 4. Manifest, id, record.
+    meter.setPhase('commit');
+    const canonical = encodeManifest({ entries: kept });
+    const id = sha256Hex(canonical);
+    const existing = lib.getRecord(id);
+    const committed = session.commit();
+    const packOf = (key: string): string | undefined => {
+      const loc = known.getByKey(key);
+      return loc ? known.packs[loc.pack] : committed.packOf(key);
+    };
+    const packs = new Set<string>();
+    const uniq = new Set<string>();
+    let uniqueBytes = 0;
+    let chunks = 0;
+    for (const e of kept) {
+      if (!e.chunks || !e.lengths) continue;
+      for (let c = 0; c < e.lengths.length; c++) {
+        chunks++;
+        const k = hashKey(e.chunks, c * 32);
+        if (uniq.has(k)) continue;
+        uniq.add(k);
+        uniqueBytes += e.lengths[c]!;
+        const pack = packOf(k);
+        if (!pack)
+          throw new Error(`bug: chunk ${Buffer.from(k, 'latin1').toString('hex')} was not stored`);
+        packs.add(pack);
+      }
+    }
+    const manifestBytes = lib.putManifest(id, canonical);
+    const stats = countStats(kept, {
+      chunks,
+      uniqueChunks: uniq.size,
+      uniqueBytes,
+      storedBytes: session.bytesWritten,
+      manifestBytes,
+    });
+    // An image is immutable: capturing an identical tree again only adds a name (its
+    // properties and signature stay; `image update` changes properties).
+    let record: ImageRecord;
+    if (existing) {
+      record = { ...existing, stats: { ...existing.stats, storedBytes: session.bytesWritten } };
+    } else {
+      record = {
+        format: 'reimage-image',
+        version: 1,
+        id,
+        imageFormat: 'native-v1',
+        properties: makeProperties(opts, source),
+        stats,
+        packs: [...packs].sort(),
+      };
+      if (parent) record.parent = parent.id;
+      if (opts.signKey) record.signature = signRecord(record, opts.signKey);
+      lib.putRecord(record);
+    }
+    writeStatCache(store, id, kept, entries, statFacts);
+    lib.setName(opts.name, id);
+    session.close();
+    session = undefined;
+    meter.file = undefined;
+    meter.setPhase('done');
+    return { record, warnings, created: !existing, reused: walker.reused };
+  } catch (e) {
+    session?.abort();
+    throw e;
+  } finally {
+    lock.release();
+  }
+}
+
+function checkAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted)
+    throw new ReimageError('CANCELLED', 'capture cancelled; nothing was recorded');
+}
+
+interface WalkFacts extends StatFacts {
+  maybeSparse: boolean;
+}
+
+interface DirCursor {
+  rel: Buffer;
+  names: Buffer[];
+  next: number;
+}
+
+/** Depth-first walk in manifest order, a few hundred entries per step. */
+class Walker {
+  readonly entries: Entry[] = [];
+  readonly stats = new Map<number, WalkFacts>();
+  done = false;
+  reused = 0;
+  private readonly stack: DirCursor[] = [];
+  private readonly links = new Map<string, Buffer>();
+  private readonly patterns: Minimatch[];
+  private readonly storeRel: string | undefined;
+  private readonly oneFs: boolean;
+  private readonly root: Buffer;
+  private readonly rootDev: bigint;
+
+  constructor(
+    source: string,
+    storeRoot: string,
+    private readonly opts: CaptureOptions,
+    private readonly warn: (w: Warning) => void,
+    private readonly parent: { files: Map<string, ParentFile> } | undefined,
+    private readonly meter: ProgressMeter,
+  ) {
+    this.patterns = [...(opts.system ? SYSTEM_EXCLUDES : []), ...(opts.excludes ?? [])].map(
+      (p) =>
+        new Minimatch(p.startsWith('/') ? p : `**/${p}`, {
+          dot: true,
+          nocomment: true,
+          nonegate: true,
+        }),
+    );
+    // Never capture the store into itself.
+    try {
+      const r = relative(realpathSync(source), realpathSync(storeRoot));
+      if (r && !r.startsWith('..') && !r.startsWith(sep))
+        this.storeRel = '/' + r.split(sep).join('/');
+    } catch {
+      /* the store is elsewhere */
+    }
+    this.oneFs = opts.oneFileSystem ?? opts.system ?? false;
+    this.root = Buffer.from(source);
+    const st = lstatSync(this.root, { bigint: true });
+    this.rootDev = st.dev;
+    this.pendingRoot = st;
+  }
+
+  private pendingRoot: BigIntStats | undefined;
+
+  private abs(rel: Buffer): Buffer {
+    return rel.length === 0 ? this.root : Buffer.concat([this.root, SLASH, rel]);
+  }
+
+  private excluded(rel: Buffer): boolean {
+    if (this.patterns.length === 0 && !this.storeRel) return false;
+    const p = '/' + rel.toString('utf8');
+    if (this.storeRel && p === this.storeRel) return true;
+    return this.patterns.some((m) => m.match(p));
+  }
+
+  /** Visits up to `max` entries; files to read are handed to `onFile`. */
+  step(max: number, onFile: (t: FileTask) => void): void {
+    if (this.pendingRoot) {
+      const st = this.pendingRoot;
+      this.pendingRoot = undefined;
+      this.visit(Buffer.alloc(0), st, onFile);
+    }
+    for (let n = 0; n < max; n++) {
+      const top = this.stack[this.stack.length - 1];
+      if (!top) {
+        this.done = true;
+        return;
+      }
+      if (top.next >= top.names.length) {
+        this.stack.pop();
+        continue;
+      }
+      const rel = joinPath(top.rel, top.names[top.next++]!);
+      if (this.excluded(rel)) continue;
+      let st: BigIntStats;
+      try {
+        st = lstatSync(this.abs(rel), { bigint: true });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // vanished: as if it never was
+        this.unreadable(rel, err);
+        continue;
+      }
+      this.visit(rel, st, onFile);
+    }
+  }
+
+  private visit(rel: Buffer, st: BigIntStats, onFile: (t: FileTask) => void): void {
+    const path = this.abs(rel);
+    const e: Entry = {
+      path: rel,
+      type: 'file',
+      mode: Number(st.mode & 0o7777n),
+      uid: Number(st.uid),
+      gid: Number(st.gid),
+      mtimeNs: st.mtimeNs,
+      size: 0,
+      xattrs: [],
+    };
+    if (st.isFile()) {
+      if (st.nlink > 1n) {
+        const key = `${st.dev}:${st.ino}`;
+        const first = this.links.get(key);
+        if (first) {
+          this.entries.push({
+            path: rel,
+            type: 'hardlink',
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtimeNs: 0n,
+            size: 0,
+            xattrs: [],
+            target: first,
+          });
+          return;
+        }
+        this.links.set(key, rel);
+      }
+      e.size = Number(st.size);
+    } else if (st.isDirectory()) {
+      e.type = 'dir';
+    } else if (st.isSymbolicLink()) {
+      e.type = 'symlink';
+      e.target = readlinkBuffer(path);
+    } else if (st.isFIFO()) {
+      e.type = 'fifo';
+    } else if (st.isCharacterDevice() || st.isBlockDevice()) {
+      e.type = st.isCharacterDevice() ? 'char' : 'block';
+      [e.major, e.minor] = majorMinor(st.rdev);
+    } else if (st.isSocket()) {
+      this.warn({
+        code: 'SOCKET_SKIPPED',
+        path: showPath(rel),
+        message: `socket ${showPath(rel)} skipped: sockets are recreated by the programs that own them`,
+      });
+      return;
+    } else {
+      this.warn({
+        code: 'TYPE_SKIPPED',
+        path: showPath(rel),
+        message: `${showPath(rel)} has an unknown file type and was skipped`,
+      });
+      return;
+    }
+    try {
+      e.xattrs = readXattrs(path);
+    } catch (err) {
+      this.unreadable(rel, err);
+    }
+    const i = this.entries.length;
+    this.entries.push(e);
+    if (e.type === 'file') this.addFile(i, e, st, path, onFile);
+    if (e.type !== 'dir') return;
+    if (this.oneFs && rel.length > 0 && st.dev !== this.rootDev) return;
+    let names: Buffer[];
+    try {
+      names = readdirSync(path, { encoding: 'buffer' });
+    } catch (err) {
+      this.unreadable(rel, err);
+      return;
+    }
+    names.sort(Buffer.compare);
+    this.stack.push({ rel, names, next: 0 });
+  }
+
+  private addFile(
+    i: number,
+    e: Entry,
+    st: BigIntStats,
+    path: Buffer,
+    onFile: (t: FileTask) => void,
+  ): void {
+    const m = this.meter;
+    m.bytesTotal += e.size;
+    m.filesTotal++;
+    this.stats.set(i, {
+      ino: st.ino,
+      ctimeNs: st.ctimeNs,
+      maybeSparse: st.blocks * 512n < st.size,
+    });
+    const p = this.parent?.files.get(e.path.toString('latin1'));
+    if (
+      p &&
+      p.size === e.size &&
+      p.mtimeNs === String(e.mtimeNs) &&
+      p.ino === String(st.ino) &&
+      p.ctimeNs === String(st.ctimeNs)
+    ) {
+      e.chunks = p.entry.chunks;
+      e.lengths = p.entry.lengths;
+      if (p.entry.segments) e.segments = p.entry.segments;
+      this.reused++;
+      m.bytesDone += e.size;
+      m.filesDone++;
+      return;
+    }
+    if (e.size === 0) {
+      e.chunks = Buffer.alloc(0);
+      e.lengths = [];
+      m.filesDone++;
+      return;
+    }
+    onFile({ i, path, size: e.size, maybeSparse: st.blocks * 512n < st.size });
+  }
+
+  private unreadable(rel: Buffer, err: unknown): void {
+    const reason = (err as Error).message;
+    if (!this.opts.skipUnreadable) {
+      throw new ReimageError('SOURCE_UNREADABLE', `cannot read ${showPath(rel)}: ${reason}`, {
+        cause: err,
+        details: { path: showPath(rel) },
+      });
+    }
+    this.warn({
+      code: 'UNREADABLE_SKIPPED',
+      path: showPath(rel),
+      message: `${showPath(rel)} left out: ${reason}`,
+    });
+  }
+}
+
+const SLASH = Buffer.from('/');
+
+/** Keeps non-UTF-8 targets intact. */
+function readlinkBuffer(path: Buffer): Buffer {
+  return readlinkSync(path, { encoding: 'buffer' });
+}
+
+/** Runs the workers over the file tasks; returns the indexes of files that could not be read. */
+async function runWorkers(
+  queue: BatchQueue<FileTask>,
+  entries: Entry[],
+  known: ChunkIndex,
+  session: NonNullable<ReturnType<ContentStore['beginSession']>>,
+  opts: CaptureOptions,
+  meter: ProgressMeter,
+  warn: (w: Warning) => void,
+): Promise<Map<number, string>> {
+  const failed = new Map<number, string>();
+  const data: CaptureWorkerData = { known: known.sortedHashes(), level: opts.level ?? 3 };
+  await runPool<FileTask, FromWorker>({
+    script: new URL('./capture-worker.js', import.meta.url),
+    workerData: data,
+    workers: opts.workers ?? availableParallelism(),
+    batches: queue,
+    signal: opts.signal,
+    cancelled: () => new ReimageError('CANCELLED', 'capture cancelled; nothing was recorded'),
+    onMessage: (m) => {
+      switch (m.type) {
+        case 'frame':
+          session.addFrame({
+            data: toBuffer(m.frame.data),
+            chunks: toBuffer(m.frame.chunks),
+          } satisfies Frame);
+          break;
+        case 'files':
+          for (const r of m.results) {
+            const e = entries[r.i]!;
+            e.chunks = toBuffer(r.chunks);
+            e.lengths = r.lengths;
+            if (r.segments) e.segments = r.segments;
+            if (r.changed) {
+              const sum = r.lengths.reduce((a, b) => a + b, 0);
+              if (!r.segments) e.size = sum;
+              warn({
+                code: 'FILE_CHANGED',
+                path: showPath(e.path),
+                message: `${showPath(e.path)} changed while it was read; captured as read (${sum} bytes)`,
+              });
+            }
+            meter.filesDone++;
+            meter.file = showPath(e.path);
+          }
+          meter.tick();
+          break;
+        case 'file-error': {
+          failed.set(m.i, `${m.code}: ${m.message}`);
+          if (!opts.skipUnreadable) {
+            const path = showPath(entries[m.i]!.path);
+            throw new ReimageError('SOURCE_UNREADABLE', `cannot read ${path}: ${m.message}`, {
+              details: { path, code: m.code },
+            });
+          }
+          break;
+        }
+        case 'progress':
+          meter.bytesDone += m.bytes;
+          meter.tick();
+          break;
+      }
+    },
+  });
+  return failed;
+}
+
+function toBuffer(u: Uint8Array): Buffer {
+  return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.length);
+}
+
+/** Leaves out files that could not be read (with --skip-unreadable), and hard links to them. */
+function dropFailed(
+  entries: Entry[],
+  failed: Map<number, string>,
+  warn: (w: Warning) => void,
+): Entry[] {
+  if (failed.size === 0) return entries;
+  const gone = new Set<string>();
+  const out: Entry[] = [];
+  entries.forEach((e, i) => {
+    const why = failed.get(i);
+    if (why !== undefined) {
+      gone.add(e.path.toString('latin1'));
+      warn({
+        code: 'UNREADABLE_SKIPPED',
+        path: showPath(e.path),
+        message: `${showPath(e.path)} left out: ${why}`,
+      });
+      return;
+    }
+    if (e.type === 'hardlink' && gone.has(e.target!.toString('latin1'))) {
+      warn({
+        code: 'UNREADABLE_SKIPPED',
+        path: showPath(e.path),
+        message: `${showPath(e.path)} left out: it is a hard link to an unreadable file`,
+      });
+      return;
+    }
+    out.push(e);
+  });
+  return out;
+}
+
+function countStats(
+  entries: Entry[],
+  extra: Pick<
+    ImageStats,
+    'chunks' | 'uniqueChunks' | 'uniqueBytes' | 'storedBytes' | 'manifestBytes'
+  >,
+): ImageStats {
+  const s: ImageStats = {
+    entries: entries.length,
+    files: 0,
+    dirs: 0,
+    symlinks: 0,
+    hardlinks: 0,
+    devices: 0,
+    fifos: 0,
+    bytes: 0,
+    dataBytes: 0,
+    ...extra,
+  };
+  for (const e of entries) {
+    switch (e.type) {
+      case 'file':
+        s.files++;
+        s.bytes += e.size;
+        s.dataBytes += (e.lengths ?? []).reduce((a, b) => a + b, 0);
+        break;
+      case 'dir':
+        s.dirs++;
+        break;
+      case 'symlink':
+        s.symlinks++;
+        break;
+      case 'hardlink':
+        s.hardlinks++;
+        break;
+      case 'fifo':
+        s.fifos++;
+        break;
+      default:
+        s.devices++;
+    }
+  }
+  return s;
+}
+
+const TYPED: Record<string, keyof ImageProperties> = {
+  os: 'osFamily',
+  'os-family': 'osFamily',
+  osFamily: 'osFamily',
+  version: 'osVersion',
+  'os-version': 'osVersion',
+  osVersion: 'osVersion',
+  arch: 'architecture',
+  architecture: 'architecture',
+};
+
+function makeProperties(opts: CaptureOptions, source: string): ImageProperties {
+  const p: ImageProperties = {
+    name: opts.name,
+    created: new Date().toISOString(),
+    sourceMachine: opts.sourceMachine ?? hostname(),
+    custom: {},
+  };
+  if (opts.description) p.description = opts.description;
+  const osRelease = detectOsRelease(source);
+  if (osRelease.ID) p.osFamily = osRelease.ID;
+  if (osRelease.VERSION_ID) p.osVersion = osRelease.VERSION_ID;
+  const arch = detectArch(source);
+  if (arch) p.architecture = arch;
+  for (const [k, v] of Object.entries(opts.properties ?? {})) {
+    const typed = TYPED[k];
+    if (typed) (p as unknown as Record<string, string>)[typed] = v;
+    else p.custom[k] = v;
+  }
+  return p;
+}
+
+/** Reads a small regular file inside the tree without following symlinks. */
+function readSmall(path: string, max: number): Buffer | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch {
+    return undefined;
+  }
+  try {
+    const buf = Buffer.alloc(max);
+    const n = readSync(fd, buf, 0, max, 0);
+    return buf.subarray(0, n);
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function detectOsRelease(source: string): Record<string, string> {
+  const buf =
+    readSmall(`${source}/etc/os-release`, 64 * 1024) ??
+    readSmall(`${source}/usr/lib/os-release`, 64 * 1024);
+  const out: Record<string, string> = {};
+  if (!buf) return out;
+  for (const line of buf.toString('utf8').split('\n')) {
+    const m = /^([A-Z_]+)=(?:"([^"]*)"|'([^']*)'|(\S*))\s*$/.exec(line.trim());
+    if (m) out[m[1]!] = m[2] ?? m[3] ?? m[4] ?? '';
+  }
+  return out;
+}
+
+const ELF_MACHINES: Record<number, string> = {
+  0x03: 'i386',
+  0x28: 'armhf',
+  0x3e: 'amd64',
+  0xb7: 'arm64',
+  0xf3: 'riscv64',
+  0x15: 'ppc64el',
+  0x16: 's390x',
+};
+
+function detectArch(source: string): string | undefined {
+  for (const p of ['usr/bin/env', 'bin/sh', 'usr/bin/sh']) {
+    const h = readSmall(`${source}/${p}`, 20);
+    if (h && h.length >= 20 && h.readUInt32BE(0) === 0x7f454c46)
+      return ELF_MACHINES[h.readUInt16LE(18)];
+  }
+  return undefined;
+}
+
+/** Remembers inode and ctime of each captured file, so a later `--parent` capture can skip unchanged files. */
+function writeStatCache(
+  store: ContentStore,
+  id: string,
+  kept: Entry[],
+  all: Entry[],
+  facts: Map<number, StatFacts>,
+): void {
+  const index = new Map<Entry, number>();
+  all.forEach((e, i) => index.set(e, i));
+  const rows: Array<[string, string, number, string, string]> = [];
+  for (const e of kept) {
+    if (e.type !== 'file') continue;
+    const f = facts.get(index.get(e)!);
+    if (f)
+      rows.push([
+        e.path.toString('latin1'),
+        String(f.ino),
+        e.size,
+        String(e.mtimeNs),
+        String(f.ctimeNs),
+      ]);
+  }
+  const c = new Compressor();
+  store.writeObject('statcache', id, c.compress(Buffer.from(JSON.stringify(rows))));
+}
+
+function loadParent(
+  lib: ImageLibrary,
+  ref: string,
+): { id: string; files: Map<string, ParentFile> } {
+  const rec = lib.resolve(ref);
+  const { manifest } = lib.loadManifest(rec.id);
+  const files = new Map<string, ParentFile>();
+  const raw = lib.store.readObject('statcache', rec.id);
+  if (!raw) return { id: rec.id, files };
+  const byPath = new Map<string, Entry>();
+  for (const e of manifest.entries) if (e.type === 'file') byPath.set(e.path.toString('latin1'), e);
+  const rows = JSON.parse(new Decompressor().decompress(raw).toString('utf8')) as Array<
+    [string, string, number, string, string]
+  >;
+  for (const [path, ino, size, mtimeNs, ctimeNs] of rows) {
+    const entry = byPath.get(path);
+    if (entry) files.set(path, { ino, size, mtimeNs, ctimeNs, entry });
+  }
+  return { id: rec.id, files };
+}
