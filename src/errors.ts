@@ -13,10 +13,6 @@ export const errorCodes = {
     exit: 1,
     help: 'A file of the tree being captured cannot be read. Fix its permissions, exclude it with `--exclude`, or pass `--skip-unreadable` to leave it out with a warning.',
   },
-  SOURCE_CHANGED: {
-    exit: 1,
-    help: 'A file changed size while it was being captured. Capture a quiescent tree (a snapshot, or the model computer with services stopped).',
-  },
   SOURCE_NOT_DIRECTORY: {
     exit: 2,
     help: 'The capture source must be a directory (the root of the tree).',

@@ -1,6 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ReimageError } from '../errors.js';
@@ -57,13 +65,33 @@ export function lockHolders(dir: string, except?: string): LockHolder[] {
   }
   const out: LockHolder[] = [];
   for (const name of names) {
-    if (!name.endsWith('.json') || name === except) continue;
+    if (!name.endsWith('.json') || name.startsWith('.') || name === except) continue;
     const file = join(dir, name);
     let lf: LockFile;
     try {
       lf = JSON.parse(readFileSync(file, 'utf8')) as LockFile;
-    } catch {
-      continue; // being written or removed right now
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue; // just released
+      // Being written right now, or left half-written by a crash: a holder we cannot name
+      // conflicts with everyone until it is old enough to be abandoned.
+      let age = 0;
+      try {
+        age = Date.now() - statSync(file).mtimeMs;
+      } catch {
+        continue;
+      }
+      if (age > STALE_MS) {
+        rmSync(file, { force: true });
+        continue;
+      }
+      out.push({
+        file: name,
+        kind: 'exclusive',
+        pid: 0,
+        host: 'unknown',
+        purpose: 'a lock being written',
+      });
+      continue;
     }
     const stale =
       (lf.host === hostname() && !alive(lf.pid)) ||
@@ -106,7 +134,10 @@ export async function acquireLock(
       const timer = setInterval(() => {
         body.refreshed = new Date().toISOString();
         try {
-          writeFileSync(file, JSON.stringify(body));
+          // Rename over the lock, never rewrite it in place: a reader must never see it empty.
+          const tmp = join(dir, `.${name}.refresh`);
+          writeFileSync(tmp, JSON.stringify(body));
+          renameSync(tmp, file);
         } catch {
           /* store gone: nothing left to protect */
         }

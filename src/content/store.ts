@@ -62,7 +62,7 @@ export class ContentStore {
           details: { store: root },
         });
       }
-      if (existsSync(root) && readdirSync(root).length > 0) {
+      if (existsSync(root) && (!statSync(root).isDirectory() || readdirSync(root).length > 0)) {
         throw new ReimageError(
           'STORE_INVALID',
           `${root} is not empty and is not a content store; refusing to create one in it`,
@@ -79,11 +79,14 @@ export class ContentStore {
         mkdirSync(join(root, d), { recursive: true });
       writeAtomic(marker, JSON.stringify(info, null, 2) + '\n');
     }
-    let info: StoreInfo;
+    let info: StoreInfo | null;
     try {
-      info = JSON.parse(readFileSync(marker, 'utf8')) as StoreInfo;
+      info = JSON.parse(readFileSync(marker, 'utf8')) as StoreInfo | null;
     } catch (e) {
       throw new ReimageError('STORE_INVALID', `cannot read ${marker}`, { cause: e });
+    }
+    if (!info || typeof info !== 'object') {
+      throw new ReimageError('STORE_INVALID', `${marker} is not a store marker`);
     }
     if (info.format !== STORE_FORMAT || info.version !== STORE_VERSION) {
       throw new ReimageError(
@@ -359,6 +362,7 @@ export class WriteSession {
   private finishPack(p: OpenPack): void {
     fsyncSync(p.fd);
     closeSync(p.fd);
+    p.fd = -1; // closed: abort() must not close the number again (it may be reused by then)
     this.finished.push(p);
     this.current = undefined;
   }
@@ -390,11 +394,8 @@ export class WriteSession {
 
   abort(): void {
     for (const p of this.all) {
-      try {
-        closeSync(p.fd);
-      } catch {
-        /* already closed */
-      }
+      if (p.fd >= 0) closeSync(p.fd);
+      p.fd = -1;
     }
     rmSync(this.dir, { recursive: true, force: true });
   }
@@ -459,13 +460,18 @@ export function writeAtomic(path: string, data: string | Uint8Array, sync = fals
   const tmp = `${path}.tmp-${process.pid}-${randomUUID().slice(0, 8)}`;
   const fd = openSync(tmp, 'wx');
   try {
-    if (typeof data === 'string') writeAll(fd, Buffer.from(data));
-    else writeAll(fd, data);
-    if (sync) fsyncSync(fd);
-  } finally {
-    closeSync(fd);
+    try {
+      if (typeof data === 'string') writeAll(fd, Buffer.from(data));
+      else writeAll(fd, data);
+      if (sync) fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, path);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
   }
-  renameSync(tmp, path);
 }
 
 function safeReaddir(dir: string): string[] {
