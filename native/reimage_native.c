@@ -1,6 +1,7 @@
 // reimage_native: the few Linux POSIX calls that Node's fs module lacks, for the
 // OS-image capture/apply engine (extended attributes, device nodes, nanosecond
-// timestamps, sparse-file data segments).
+// timestamps, sparse-file data segments), and scanDir, which reads a whole
+// directory (names, lstat, symlink targets, xattrs) in one call for tree walks.
 //
 // Conventions:
 // - Every function is synchronous and operates on raw bytes: paths and xattr
@@ -804,7 +805,8 @@ typedef struct {
 // readlinkat into c->link; returns the target length, or -1 with errno set.
 // `size_hint` is the link's st_size (0 on some pseudo filesystems).
 static ssize_t scan_readlink(scan_ctx *c, const char *name, off_t size_hint) {
-  size_t want = size_hint > 0 ? (size_t)size_hint + 1 : 256;
+  size_t want = 256;
+  if (size_hint > 0 && (uint64_t)size_hint < SCAN_LINK_MAX) want = (size_t)size_hint + 1;
   for (;;) {
     if (want > c->link_cap) {
       char *grown = realloc(c->link, want);

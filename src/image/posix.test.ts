@@ -13,9 +13,13 @@ import {
   makeRdev,
   mknod,
   readXattrs,
+  scanDir,
   setXattr,
+  ST,
+  STAT_FIELDS,
   utimensNs,
   type PosixError,
+  type ScanResult,
 } from './posix.js';
 
 const isRoot = process.getuid?.() === 0;
@@ -340,6 +344,255 @@ describe('dataSegments', () => {
     assert.equal(err.code, 'EBADF');
     assert.equal(err.syscall, 'lseek');
     assert.throws(() => dataSegments(0, -1), RangeError);
+  });
+});
+
+describe('scanDir', () => {
+  /** Entry `i`'s stat slots as an object keyed like ST. */
+  function statsOf(r: ScanResult, i: number): Record<keyof typeof ST, bigint> {
+    const out = {} as Record<keyof typeof ST, bigint>;
+    for (const [key, slot] of Object.entries(ST) as Array<[keyof typeof ST, number]>) {
+      out[key] = r.stats[i * STAT_FIELDS + slot]!;
+    }
+    return out;
+  }
+
+  /** The same fields from Node's own lstat. */
+  function lstatFields(p: Buffer): Record<keyof typeof ST, bigint> {
+    const st = fs.lstatSync(p, { bigint: true });
+    const out = {} as Record<keyof typeof ST, bigint>;
+    for (const key of Object.keys(ST) as Array<keyof typeof ST>) out[key] = st[key];
+    return out;
+  }
+
+  /** Checks every entry of `r` (a scan of `base`) against lstat/readlink/readXattrs. */
+  function assertMatchesNode(r: ScanResult, base: Buffer, withXattrs = true): void {
+    const n = r.names.length;
+    assert.equal(r.stats.length, n * STAT_FIELDS);
+    for (const arr of [r.targets, r.xattrs, r.errors]) {
+      assert.equal(arr.length, n);
+      let visited = 0;
+      arr.forEach(() => visited++); // dense: no holes for forEach/map to skip
+      assert.equal(visited, n);
+    }
+    const onDisk = fs.readdirSync(base, { encoding: 'buffer' }).sort(Buffer.compare);
+    assert.deepEqual(r.names, onDisk);
+    for (let i = 0; i < n; i++) {
+      const p = Buffer.concat([base, Buffer.from('/'), r.names[i]!]);
+      const what: string = `entry ${r.names[i]!.toString('latin1')}`;
+      assert.equal(r.errors[i], undefined, what);
+      assert.deepEqual(statsOf(r, i), lstatFields(p), what);
+      const st = fs.lstatSync(p);
+      assert.deepEqual(
+        r.targets[i],
+        st.isSymbolicLink() ? fs.readlinkSync(p, { encoding: 'buffer' }) : undefined,
+        what,
+      );
+      const attrs = withXattrs ? readXattrs(p) : [];
+      assert.deepEqual(r.xattrs[i], attrs.length > 0 ? attrs : undefined, what);
+    }
+  }
+
+  let tree: Buffer;
+  before(() => {
+    tree = bpath('scan');
+    fs.mkdirSync(tree);
+    const at = (...name: Array<string | number[]>): Buffer =>
+      Buffer.concat([tree, Buffer.from('/'), ...name.map((n) => Buffer.from(n as string))]);
+    fs.writeFileSync(at('file'), 'hello');
+    fs.writeFileSync(at('file2'), ''); // 'file' is its prefix: sorts first
+    fs.writeFileSync(at('File'), ''); // upper case sorts before lower case
+    fs.mkdirSync(at('sub'));
+    fs.writeFileSync(at('sub', '/inner'), 'not listed');
+    fs.symlinkSync(Buffer.from([0x2e, 0x2e, 0x2f, 0xff, 0xfe, 0x80]), at('link')); // "../\xff\xfe\x80"
+    fs.symlinkSync('x'.repeat(4000), at('longlink'));
+    fs.writeFileSync(at('caf', [0xe9, 0xff]), 'latin-1 name'); // not UTF-8
+    fs.writeFileSync(at([0xff], 'z'), ''); // high bytes sort after ASCII
+    mknod(at('fifo'), 'fifo', 0o640);
+    const attrs = at('attrs');
+    fs.writeFileSync(attrs, '');
+    setXattr(attrs, 'user.zeta', Buffer.from('z'));
+    setXattr(attrs, 'user.alpha', Buffer.from([0, 0xff, 0]));
+    setXattr(attrs, 'user.empty', Buffer.alloc(0));
+    fs.writeFileSync(at('hard1'), 'shared');
+    fs.linkSync(at('hard1'), at('hard2'));
+    const times = at('times');
+    fs.writeFileSync(times, '');
+    utimensNs(times, 0n, 1_700_000_000_123_456_789n);
+    if (isRoot) mknod(at('null'), 'char', 0o666, 1, 3);
+  });
+
+  it('describes every entry exactly like lstat, readlink and readXattrs', () => {
+    const r = scanDir(tree);
+    assertMatchesNode(r, tree);
+
+    const index = (name: string | number[]): number =>
+      r.names.findIndex((n) => n.equals(Buffer.from(name as string)));
+    assert.deepEqual(
+      r.names.map((n) => n.toString('latin1')),
+      [
+        'File',
+        'attrs',
+        'caf\xe9\xff',
+        'fifo',
+        'file',
+        'file2',
+        'hard1',
+        'hard2',
+        'link',
+        'longlink',
+        ...(isRoot ? ['null'] : []),
+        'sub',
+        'times',
+        '\xffz',
+      ],
+    );
+    assert.ok(index([0x63, 0x61, 0x66, 0xe9, 0xff]) >= 0);
+    const f = (name: string): Record<keyof typeof ST, bigint> => statsOf(r, index(name));
+    assert.equal(f('file').size, 5n);
+    assert.equal(f('sub').mode & 0o170000n, 0o040000n);
+    assert.equal(f('fifo').mode, 0o010640n);
+    assert.equal(f('times').mtimeNs, 1_700_000_000_123_456_789n);
+    assert.equal(f('hard1').nlink, 2n);
+    assert.equal(f('hard1').ino, f('hard2').ino);
+    assert.equal(f('hard1').dev, f('hard2').dev);
+    if (isRoot) assert.deepEqual(majorMinor(f('null').rdev), [1, 3]);
+    assert.deepEqual(r.targets[index('link')], Buffer.from([0x2e, 0x2e, 0x2f, 0xff, 0xfe, 0x80]));
+    assert.equal(r.targets[index('longlink')]?.length, 4000);
+    assert.deepEqual(r.xattrs[index('attrs')], [
+      [Buffer.from('user.alpha'), Buffer.from([0, 0xff, 0])],
+      [Buffer.from('user.empty'), Buffer.alloc(0)],
+      [Buffer.from('user.zeta'), Buffer.from('z')],
+    ]);
+    assert.equal(r.xattrs[index('file')], undefined);
+
+    // A trailing slash and a string path give the same result.
+    assert.deepEqual(scanDir(Buffer.concat([tree, Buffer.from('/')])), r);
+  });
+
+  it('skips xattrs when asked', () => {
+    const r = scanDir(tree, { xattrs: false });
+    assertMatchesNode(r, tree, false);
+    assert.ok(r.xattrs.every((x) => x === undefined));
+    assert.throws(() => scanDir(tree, { xattrs: 1 as unknown as boolean }), TypeError);
+  });
+
+  it('reads symlinks whose st_size is 0 (procfs)', () => {
+    const r = scanDir('/proc/self', { xattrs: false });
+    for (const name of ['cwd', 'exe', 'root']) {
+      const i = r.names.findIndex((n) => n.toString() === name);
+      assert.ok(i >= 0, name);
+      assert.equal(r.errors[i], undefined, name);
+      assert.deepEqual(r.targets[i], fs.readlinkSync(`/proc/self/${name}`, { encoding: 'buffer' }));
+    }
+  });
+
+  it('returns empty results for an empty directory', () => {
+    const empty = bpath('scan-empty');
+    fs.mkdirSync(empty);
+    const r = scanDir(empty);
+    assert.deepEqual(r.names, []);
+    assert.ok(r.stats instanceof BigInt64Array);
+    assert.equal(r.stats.length, 0);
+    assert.deepEqual([r.targets, r.xattrs, r.errors], [[], [], []]);
+  });
+
+  it('handles thousands of entries, sorted by raw bytes', () => {
+    const big = bpath('scan-big');
+    fs.mkdirSync(big);
+    const expected: Buffer[] = [];
+    for (let i = 0; i < 3000; i++) {
+      // Long names (> 16 KiB in total), with high bytes and shared prefixes.
+      const name = Buffer.from(`${(i * 7919) % 3000}-${'n'.repeat(i % 50)}`);
+      if (i % 3 === 0) name[0] = 0x80 + (i % 0x7f);
+      expected.push(name);
+      fs.writeFileSync(Buffer.concat([big, Buffer.from('/'), name]), '');
+    }
+    expected.sort(Buffer.compare);
+    const r = scanDir(big);
+    assert.deepEqual(r.names, expected);
+    assert.ok(r.errors.every((e) => e === undefined));
+    for (let i = 0; i < expected.length; i++) {
+      assert.equal(r.stats[i * STAT_FIELDS + ST.mode]! & 0o170000n, 0o100000n);
+    }
+  });
+
+  it('reports per-entry failures in errors, with the stats still valid', () => {
+    // A directory path so long that "dir/name" exceeds PATH_MAX (4096): fstatat
+    // (relative to the directory) works, the path-based xattr calls cannot.
+    const levels = [bpath('scan-deep')];
+    while (levels.at(-1)!.length < 3900) {
+      levels.push(Buffer.concat([levels.at(-1)!, Buffer.from('/' + 'd'.repeat(200))]));
+    }
+    const deep = levels.at(-1)!;
+    fs.mkdirSync(deep, { recursive: true });
+    const short = bpath('scan-deep-link'); // reaches the same directory in few bytes
+    fs.symlinkSync(deep, short);
+    const file = Buffer.concat([short, Buffer.from('/' + 'f'.repeat(250))]);
+    fs.writeFileSync(file, 'data');
+    try {
+      const r = scanDir(deep);
+      assert.deepEqual(r.names, [Buffer.from('f'.repeat(250))]);
+      assert.deepEqual(r.errors, ['ENAMETOOLONG']);
+      assert.equal(r.xattrs[0], undefined);
+      assert.deepEqual(statsOf(r, 0), lstatFields(file));
+      // Without xattrs there is nothing that needs the full path.
+      assert.deepEqual(scanDir(deep, { xattrs: false }).errors, [undefined]);
+      // Through the short symlink, everything works.
+      assertMatchesNode(scanDir(short), short);
+    } finally {
+      // fs.rmSync cannot delete below PATH_MAX either: go bottom-up.
+      fs.rmSync(file, { force: true });
+      for (const level of levels.reverse()) fs.rmdirSync(level);
+      fs.unlinkSync(short);
+    }
+  });
+
+  it('throws Node-style errors when the directory cannot be read', () => {
+    const missing = bpath('scan-missing-', [0xff]);
+    const err = thrown(() => scanDir(missing));
+    assert.equal(err.code, 'ENOENT');
+    assert.equal(err.errno, -os.constants.errno.ENOENT);
+    assert.equal(err.syscall, 'opendir');
+    assert.equal(err.path, missing.toString());
+    assert.equal(err.message, `ENOENT: no such file or directory, opendir '${missing.toString()}'`);
+
+    const file = bpath('scan-not-a-dir');
+    fs.writeFileSync(file, '');
+    const notDir = thrown(() => scanDir(file));
+    assert.equal(notDir.code, 'ENOTDIR');
+    assert.equal(notDir.syscall, 'opendir');
+
+    const nul = thrown(() => scanDir(Buffer.from('/tmp/a\0b')));
+    assert.ok(nul instanceof TypeError);
+    const long = thrown(() => scanDir('/' + 'x'.repeat(5000)));
+    assert.equal(long.code, 'ENAMETOOLONG');
+    assert.equal(long.syscall, 'opendir');
+  });
+
+  it('works in several workers at once', async () => {
+    const source = `
+      const { parentPort, workerData } = require('node:worker_threads');
+      import(workerData.url).then((m) => {
+        const r = m.scanDir(Buffer.from(workerData.dir)); // cloned as a Uint8Array
+        parentPort.postMessage(r.names.map((n) => n.toString('hex')).join(','));
+      });
+    `;
+    const url = new URL('./posix.js', import.meta.url).href;
+    const results = await Promise.all(
+      [1, 2, 3].map(
+        () =>
+          new Promise((resolve, reject) => {
+            const w = new Worker(source, { eval: true, workerData: { url, dir: tree } });
+            w.once('message', resolve);
+            w.once('error', reject);
+          }),
+      ),
+    );
+    const expected = scanDir(tree)
+      .names.map((n) => n.toString('hex'))
+      .join(',');
+    assert.deepEqual(results, [expected, expected, expected]);
   });
 });
 
