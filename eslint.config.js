@@ -18,7 +18,7 @@ const room = (dir, forbidden) => ({
 });
 
 export default tseslint.config(
-  { ignores: ['dist/', 'build/', 'node_modules/', 'bench/**/*.js'] },
+  { ignores: ['dist/', 'build/', 'node_modules/', 'lab-data/', 'bench/**/*.js'] },
   ...tseslint.configs.recommended,
   {
     rules: {

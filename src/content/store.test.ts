@@ -182,7 +182,7 @@ describe('ContentStore.open', () => {
 });
 
 describe('WriteSession', () => {
-  it('writes frames into a pack that commit moves into the store, readable through the index', () => {
+  it('writes frames into a pack that commit moves into the store, readable through the index', async () => {
     const store = ContentStore.open(fresh('s1'), { create: true });
     const chunks = makeChunks('s1', [
       100,
@@ -212,7 +212,7 @@ describe('WriteSession', () => {
     assert.deepEqual(store.listPacks(), []);
     assert.deepEqual(walk(path.join(store.root, 'packs')), []);
 
-    const committed = session.commit();
+    const committed = await session.commit();
     assert.equal(committed.packs.length, 1);
     const id = committed.packs[0]!;
     assert.deepEqual(store.listPacks(), [id]);
@@ -253,7 +253,7 @@ describe('WriteSession', () => {
     }
   });
 
-  it('does not write a frame whose chunks are all known, and only indexes the new ones', () => {
+  it('does not write a frame whose chunks are all known, and only indexes the new ones', async () => {
     const store = ContentStore.open(fresh('dedup'), { create: true });
     const old = makeChunks('dedup-old', [3000, 4000, 5000]);
     const s1 = store.beginSession(store.loadIndex());
@@ -262,7 +262,7 @@ describe('WriteSession', () => {
     s1.addFrame(f1);
     s1.addFrame(f1); // the same frame again in the same session
     assert.equal(s1.bytesWritten, f1.data.length);
-    const c1 = s1.commit();
+    const c1 = await s1.commit();
     s1.close();
     assert.equal(c1.packs.length, 1);
     assert.equal(
@@ -282,7 +282,7 @@ describe('WriteSession', () => {
     const [mixed] = framesOf([old[0]!, fresh2[0]!, old[2]!, fresh2[1]!]);
     s2.addFrame(mixed!);
     assert.equal(s2.bytesWritten, mixed!.data.length);
-    const c2 = s2.commit();
+    const c2 = await s2.commit();
     s2.close();
     assert.equal(c2.packs.length, 1);
     const id2 = c2.packs[0]!;
@@ -311,18 +311,18 @@ describe('WriteSession', () => {
     // A session with nothing new commits no pack.
     const s3 = store.beginSession(store.loadIndex());
     for (const f of framesOf([...old, ...fresh2])) s3.addFrame(f);
-    const c3 = s3.commit();
+    const c3 = await s3.commit();
     s3.close();
     assert.deepEqual(c3.packs, []);
     assert.equal(store.listPacks().length, 2);
   });
 
-  it('abort leaves no tmp folder and no pack', () => {
+  it('abort leaves no tmp folder and no pack', async () => {
     const store = ContentStore.open(fresh('abort'), { create: true });
     const s = store.beginSession(store.loadIndex());
     for (const f of framesOf(makeChunks('abort', [10_000, 3_000_000]))) s.addFrame(f);
     assert.ok(walk(s.dir).length > 0);
-    s.abort();
+    await s.abort();
     assert.equal(fs.existsSync(s.dir), false);
     assert.deepEqual(fs.readdirSync(path.join(store.root, 'tmp')), []);
     assert.deepEqual(walk(path.join(store.root, 'packs')), []);
@@ -330,16 +330,16 @@ describe('WriteSession', () => {
     assert.equal(store.loadIndex().size, 0);
     // An empty session aborts cleanly too.
     const empty = store.beginSession(store.loadIndex());
-    empty.abort();
+    await empty.abort();
     assert.deepEqual(fs.readdirSync(path.join(store.root, 'tmp')), []);
   });
 
-  it('abort after commit does not close a descriptor it no longer owns', () => {
+  it('abort after commit does not close a descriptor it no longer owns', async () => {
     // capture.ts calls session.abort() when anything after session.commit() throws.
     const store = ContentStore.open(fresh('dblclose'), { create: true });
     const s = store.beginSession(store.loadIndex());
     for (const f of framesOf(makeChunks('dbl', [5000]))) s.addFrame(f);
-    s.commit();
+    await s.commit();
     // Files opened after the commit reuse the lowest free descriptor numbers.
     const mine = Array.from({ length: 8 }, (_, i) => {
       const p = path.join(dir, `dblclose-${seq}-${i}`);
@@ -347,7 +347,7 @@ describe('WriteSession', () => {
       return fs.openSync(p, 'r');
     });
     try {
-      s.abort();
+      await s.abort();
       for (const fd of mine) {
         assert.doesNotThrow(() => fs.fstatSync(fd), `fd ${fd} was closed by abort()`);
       }
@@ -364,11 +364,11 @@ describe('WriteSession', () => {
 });
 
 describe('loadIndex', () => {
-  it('refuses a corrupt index or a missing pack (PACK_CORRUPT)', () => {
+  it('refuses a corrupt index or a missing pack (PACK_CORRUPT)', async () => {
     const store = ContentStore.open(fresh('corrupt'), { create: true });
     const s = store.beginSession(store.loadIndex());
     for (const f of framesOf(makeChunks('corrupt', [1000, 2000]))) s.addFrame(f);
-    const [id] = s.commit().packs;
+    const [id] = (await s.commit()).packs;
     s.close();
     assert.ok(id);
     assert.equal(store.loadIndex().size, 2);
@@ -521,7 +521,7 @@ describe('staleSessions', () => {
       const live = store.beginSession(store.loadIndex());
       const stale = store.staleSessions();
       assert.deepEqual(stale, [dead]);
-      live.abort();
+      await live.abort();
     } finally {
       lock.release();
     }

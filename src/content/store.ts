@@ -1,5 +1,6 @@
 import {
   closeSync,
+  fdatasync,
   existsSync,
   fsyncSync,
   mkdirSync,
@@ -44,6 +45,7 @@ export const STORE_FORMAT = 'reimage-store';
 export const STORE_VERSION = 1;
 /** A pack is closed once it holds this much compressed data. */
 export const PACK_TARGET = 256 * 1024 * 1024;
+const FLUSH_EVERY = 16 * 1024 * 1024;
 
 export interface StoreInfo {
   format: string;
@@ -278,6 +280,9 @@ export function sortedHashesHas(table: Uint8Array, hash: Uint8Array): boolean {
 interface OpenPack {
   tmpPath: string;
   fd: number;
+  /** background flushes under way, and where the last one was started */
+  flushing: Array<Promise<void>>;
+  flushedAt: number;
   size: number;
   hash: Hash;
   entries: IndexEntry[];
@@ -290,6 +295,7 @@ export class WriteSession {
   private current: OpenPack | undefined;
   private readonly finished: OpenPack[] = [];
   private readonly all: OpenPack[] = [];
+  private readonly closing: Array<Promise<void>> = [];
   /** Chunks written in this session, by key: location relative to the session's packs. */
   readonly added = new Map<
     string,
@@ -318,7 +324,7 @@ export class WriteSession {
     if (fresh === 0) return;
     let p = this.current;
     if (!p || p.size >= PACK_TARGET) {
-      if (p) this.finishPack(p);
+      if (p) this.closing.push(this.finishPack(p));
       p = this.openPack();
     }
     const frameOffset = p.size;
@@ -326,6 +332,12 @@ export class WriteSession {
     p.hash.update(frame.data);
     p.size += frame.data.length;
     this.bytesWritten += frame.data.length;
+    // Flush in the background as we go, so that the fsync at commit finds little left to do.
+    if (p.size - p.flushedAt >= FLUSH_EVERY) {
+      p.flushedAt = p.size;
+      const fd = p.fd;
+      p.flushing.push(new Promise<void>((res) => fdatasync(fd, () => res())));
+    }
     for (let i = 0; i < n; i++) {
       const r = i * FRAME_CHUNK_RECORD;
       const k = hashKey(frame.chunks, r);
@@ -353,13 +365,16 @@ export class WriteSession {
       hash: createHash('sha256').update(PACK_MAGIC),
       entries: [],
       packNo: this.all.length,
+      flushing: [],
+      flushedAt: 0,
     };
     this.current = p;
     this.all.push(p);
     return p;
   }
 
-  private finishPack(p: OpenPack): void {
+  private async finishPack(p: OpenPack): Promise<void> {
+    await Promise.all(p.flushing);
     fsyncSync(p.fd);
     closeSync(p.fd);
     p.fd = -1; // closed: abort() must not close the number again (it may be reused by then)
@@ -371,8 +386,9 @@ export class WriteSession {
    * Moves the new packs into the store. Returns the pack id of every chunk written here
    * (by key), so the caller can record which packs its image needs.
    */
-  commit(): { packs: string[]; packOf: (key: string) => string | undefined } {
-    if (this.current) this.finishPack(this.current);
+  async commit(): Promise<{ packs: string[]; packOf: (key: string) => string | undefined }> {
+    if (this.current) this.closing.push(this.finishPack(this.current));
+    await Promise.all(this.closing);
     const ids = new Map<OpenPack, string>();
     for (const p of this.finished) {
       const id = p.hash.digest('hex');
@@ -392,7 +408,8 @@ export class WriteSession {
     };
   }
 
-  abort(): void {
+  async abort(): Promise<void> {
+    await Promise.all(this.all.flatMap((p) => p.flushing));
     for (const p of this.all) {
       if (p.fd >= 0) closeSync(p.fd);
       p.fd = -1;

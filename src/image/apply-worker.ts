@@ -29,7 +29,7 @@ export interface FileJob {
 }
 
 export type FromApplyWorker =
-  | { type: 'file-done'; i: number; bytes: number }
+  | { type: 'files-done'; files: number[]; bytes: number }
   | { type: 'file-failed'; i: number; code: string; message: string; chunk?: string }
   | { type: 'warning'; i: number; code: string; message: string };
 
@@ -155,10 +155,14 @@ function main(): void {
       post({ type: 'finished' });
       return;
     }
+    // One message per batch: a message per file costs more than writing a small file.
+    const done: number[] = [];
+    let bytes = 0;
     for (const j of m.items) {
       try {
         writeFile(j);
-        post({ type: 'file-done', i: j.i, bytes: j.size });
+        done.push(j.i);
+        bytes += j.size;
       } catch (e) {
         if (e instanceof Failure) {
           const msg: FromApplyWorker = {
@@ -178,8 +182,10 @@ function main(): void {
             message: `${j.show}: ${err.message}`,
           });
         }
+        break; // the pool stops at the first failure
       }
     }
+    post({ type: 'files-done', files: done, bytes });
     post({ type: 'batch-done' });
   });
 }

@@ -17,7 +17,7 @@ import { ImageLibrary, checkSignature, type ImageRecord } from './library.js';
 import { showPath, type Entry } from './manifest.js';
 import { mknod, setXattr, utimensNs } from './posix.js';
 import { ProgressMeter, type Progress, type Warning } from './progress.js';
-import { batch, runPool } from './pool.js';
+import { BatchQueue, batch, runPool } from './pool.js';
 import type { ApplyWorkerData, FileJob, FromApplyWorker } from './apply-worker.js';
 
 export interface ApplyOptions {
@@ -59,6 +59,8 @@ export async function applyImage(opts: ApplyOptions): Promise<ApplyResult> {
   };
   const target = resolve(opts.target);
   let created: 'dir' | 'contents' | undefined;
+  const queue = new BatchQueue<FileJob>();
+  let pool: Promise<void> | undefined;
   try {
     const record = lib.resolve(opts.image);
     if (opts.trustedKey) checkSignature(record, opts.trustedKey);
@@ -66,6 +68,39 @@ export async function applyImage(opts: ApplyOptions): Promise<ApplyResult> {
     const entries = manifest.entries;
     const index = opts.store.loadIndex(record.packs);
     const owners = opts.owners ?? process.getuid?.() === 0;
+    const meter = new ProgressMeter('apply', opts.onProgress);
+    // Workers start now and load while the jobs are prepared; they get work once the
+    // target is ready.
+    pool = runPool<FileJob, FromApplyWorker>({
+      script: new URL('./apply-worker.js', import.meta.url),
+      workerData: { packPaths: index.packPaths, owners } satisfies ApplyWorkerData,
+      workers: opts.workers ?? availableParallelism(),
+      batches: queue,
+      signal: opts.signal,
+      cancelled: () =>
+        new ReimageError('CANCELLED', 'apply cancelled; what was written has been removed'),
+      onMessage: (m) => {
+        if (m.type === 'files-done') {
+          meter.bytesDone += m.bytes;
+          meter.filesDone += m.files.length;
+          const last = m.files.at(-1);
+          if (last !== undefined) meter.file = showPath(entries[last]!.path);
+          meter.tick();
+        } else if (m.type === 'warning') {
+          warn({ code: m.code, path: showPath(entries[m.i]!.path), message: m.message });
+        } else {
+          const code: ErrorCode =
+            m.code === 'CHUNK_CORRUPT' || m.code === 'PACK_CORRUPT' ? m.code : 'APPLY_FAILED';
+          const details: Record<string, unknown> = {
+            path: showPath(entries[m.i]!.path),
+            image: record.id,
+          };
+          if (m.chunk) details.chunk = m.chunk;
+          throw new ReimageError(code, m.message, { details });
+        }
+      },
+    });
+    pool.catch(() => {}); // awaited below; no unhandled rejection meanwhile
 
     // Every chunk must be in the store before anything is written.
     const jobs: FileJob[] = [];
@@ -110,7 +145,6 @@ export async function applyImage(opts: ApplyOptions): Promise<ApplyResult> {
     });
 
     created = prepareTarget(target);
-    const meter = new ProgressMeter('apply', opts.onProgress);
     meter.bytesTotal = bytesTotal;
     meter.filesTotal = jobs.length;
 
@@ -120,34 +154,13 @@ export async function applyImage(opts: ApplyOptions): Promise<ApplyResult> {
     }
 
     meter.setPhase('data');
-    await runPool<FileJob, FromApplyWorker>({
-      script: new URL('./apply-worker.js', import.meta.url),
-      workerData: { packPaths: index.packPaths, owners } satisfies ApplyWorkerData,
-      workers: opts.workers ?? availableParallelism(),
-      batches: batch(jobs, (j) => j.size, 256, 8 * 1024 * 1024),
-      signal: opts.signal,
-      cancelled: () =>
-        new ReimageError('CANCELLED', 'apply cancelled; what was written has been removed'),
-      onMessage: (m) => {
-        if (m.type === 'file-done') {
-          meter.bytesDone += m.bytes;
-          meter.filesDone++;
-          meter.file = showPath(entries[m.i]!.path);
-          meter.tick();
-        } else if (m.type === 'warning') {
-          warn({ code: m.code, path: showPath(entries[m.i]!.path), message: m.message });
-        } else {
-          const code: ErrorCode =
-            m.code === 'CHUNK_CORRUPT' || m.code === 'PACK_CORRUPT' ? m.code : 'APPLY_FAILED';
-          const details: Record<string, unknown> = {
-            path: showPath(entries[m.i]!.path),
-            image: record.id,
-          };
-          if (m.chunk) details.chunk = m.chunk;
-          throw new ReimageError(code, m.message, { details });
-        }
-      },
-    });
+    // In pack order, so that each frame is read and decompressed by one worker, once.
+    jobs.sort(
+      (a, b) => (a.locs[0] ?? -1) - (b.locs[0] ?? -1) || (a.locs[1] ?? -1) - (b.locs[1] ?? -1),
+    );
+    for (const b of batch(jobs, (j) => j.size, 256, 4 * 1024 * 1024)) queue.push(b);
+    queue.close();
+    await pool;
 
     meter.setPhase('metadata');
     for (const e of entries) {
@@ -164,6 +177,8 @@ export async function applyImage(opts: ApplyOptions): Promise<ApplyResult> {
     meter.setPhase('done');
     return { record, entries: entries.length, bytes: bytesTotal, warnings };
   } catch (e) {
+    queue.close();
+    await pool?.catch(() => {});
     if (created === 'dir') rmSync(target, { recursive: true, force: true });
     else if (created === 'contents') {
       for (const n of readdirSync(target))

@@ -91,8 +91,9 @@ interface ParentFile {
   entry: Entry;
 }
 
-const BATCH_FILES = 128;
-const BATCH_BYTES = 4 * 1024 * 1024;
+const BATCH_FILES = 64;
+const BATCH_BYTES = 1024 * 1024;
+const BIG_FILE = 8 * 1024 * 1024;
 
 /** Captures a directory tree into the store as a native v1 image. */
 export async function captureImage(opts: CaptureOptions): Promise<CaptureResult> {
@@ -137,6 +138,8 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
     try {
       while (!walker.done) {
         walker.step(512, (t) => {
+          // A big file alone would keep one worker busy after the others run dry: start it early.
+          if (t.size >= BIG_FILE) return queue.pushFront([t]);
           pending.push(t);
           pendingBytes += t.size;
           if (pending.length >= BATCH_FILES || pendingBytes >= BATCH_BYTES) {
@@ -167,7 +170,7 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
     const canonical = encodeManifest({ entries: kept });
     const id = sha256Hex(canonical);
     const existing = lib.getRecord(id);
-    const committed = session.commit();
+    const committed = await session.commit();
     const packOf = (key: string): string | undefined => {
       const loc = known.getByKey(key);
       return loc ? known.packs[loc.pack] : committed.packOf(key);
@@ -225,7 +228,7 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
     meter.setPhase('done');
     return { record, warnings, created: !existing, reused: walker.reused };
   } catch (e) {
-    session?.abort();
+    await session?.abort();
     throw e;
   } finally {
     lock.release();
@@ -456,6 +459,8 @@ class Walker {
   }
 
   private unreadable(rel: Buffer, err: unknown): void {
+    // Only a system call failing on this entry makes it unreadable; anything else is ours.
+    if (typeof (err as NodeJS.ErrnoException).syscall !== 'string') throw err;
     const reason = (err as Error).message;
     if (!this.opts.skipUnreadable) {
       throw new ReimageError('SOURCE_UNREADABLE', `cannot read ${showPath(rel)}: ${reason}`, {

@@ -184,7 +184,7 @@ export class ImageLibrary {
 
   putManifest(id: string, canonical: Buffer): number {
     const c = new Compressor();
-    c.setParameters({ compressionLevel: 9 });
+    c.setParameters({ compressionLevel: 3 });
     const z = c.compress(canonical);
     this.store.writeObject('manifests', `${id}.zst`, z);
     return z.length;

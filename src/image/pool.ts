@@ -29,6 +29,13 @@ export class BatchQueue<T> {
     this.onChange();
   }
 
+  /** Hands this batch out next (long jobs first keeps workers busy until the end). */
+  pushFront(b: T[]): void {
+    if (this.head > 0) this.items[--this.head] = b;
+    else this.items.unshift(b);
+    this.onChange();
+  }
+
   close(): void {
     this.closed = true;
     this.onChange();
