@@ -2,6 +2,7 @@
 // OS-image capture/apply engine (extended attributes, device nodes, nanosecond
 // timestamps, sparse-file data segments), and scanDir, which reads a whole
 // directory (names, lstat, symlink targets, xattrs) in one call for tree walks.
+// Also cdcChunks: the FastCDC cut-point search of src/content/chunker.ts in C.
 //
 // Conventions:
 // - Every function is synchronous and operates on raw bytes: paths and xattr
@@ -12,7 +13,8 @@
 //   "ENOENT: no such file or directory, lgetxattr '/x'".
 // - The module keeps no mutable global state and is registered with
 //   NAPI_MODULE_INIT, so it is context-aware and can be loaded in several
-//   worker_threads at once.
+//   worker_threads at once. Per-instance state (the FastCDC gear table) lives
+//   in Node-API instance data, one copy per environment (main thread/worker).
 
 #define _GNU_SOURCE
 #define _FILE_OFFSET_BITS 64
@@ -1009,6 +1011,184 @@ fail:
 }
 
 // ---------------------------------------------------------------------------
+// FastCDC: cdcInit(gear: Int32Array(256)), cdcChunks(data, start, end, final, out)
+//
+// Byte-for-byte the cut points of cutPoint() in src/content/chunker.ts, which
+// is the reference (the gear table and these parameters are part of the image
+// format v1; posix.test.ts checks the two agree). The gear table is not
+// recomputed here (it comes from SHA-256): JavaScript hands it over once per
+// environment with cdcInit, and it is kept in the addon's instance data.
+
+#define CDC_MIN (16u * 1024)
+#define CDC_AVG (64u * 1024)
+#define CDC_MAX (256u * 1024)
+// Applied to the 32-bit hash. JS computes h = ((h << 1) + gear[b]) | 0 on
+// int32; uint32 arithmetic here wraps identically and has the same bits.
+#define CDC_MASK_S 0xffffc000u  // before CHUNK_AVG: 18 bits must be zero
+#define CDC_MASK_L 0xfffc0000u  // after it: 14 bits
+
+// Per-environment state, owned by Node-API instance data (freed with the env).
+typedef struct {
+  bool gear_ready;
+  uint32_t gear[256];
+} addon_state;
+
+static void free_state(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  free(data);
+}
+
+// One gear step on q[k]; returns the cut offset (relative to p) when the
+// masked bits are all zero. A hit is rare (about once per 2^14..2^18 bytes).
+#define CDC_STEP(mask, k)                                          \
+  do {                                                             \
+    h = (h << 1) + gear[q[k]];                                     \
+    if (__builtin_expect((h & (mask)) == 0, 0)) {                  \
+      return (uint32_t)(q - p) + (uint32_t)(k);                    \
+    }                                                              \
+  } while (0)
+
+#define CDC_STEP8(mask) \
+  CDC_STEP(mask, 0);    \
+  CDC_STEP(mask, 1);    \
+  CDC_STEP(mask, 2);    \
+  CDC_STEP(mask, 3);    \
+  CDC_STEP(mask, 4);    \
+  CDC_STEP(mask, 5);    \
+  CDC_STEP(mask, 6);    \
+  CDC_STEP(mask, 7)
+
+// cutPoint(data, start, start + avail): the length of the chunk starting at p.
+// Note the quirks kept from the reference: hashing starts at offset CHUNK_MIN
+// with h = 0, and a hit at offset i yields length i (byte i starts the next
+// chunk). The loops are unrolled 8x; the hash has a 1-cycle dependency chain,
+// and this is about 1 cycle per byte.
+static inline uint32_t cdc_cut(const uint8_t *restrict p, size_t avail,
+                               const uint32_t *restrict gear) {
+  if (avail <= CDC_MIN) return (uint32_t)avail;
+  uint32_t n = avail > CDC_MAX ? CDC_MAX : (uint32_t)avail;
+  uint32_t normal = n < CDC_AVG ? n : CDC_AVG;
+  uint32_t h = 0;
+  const uint8_t *q = p + CDC_MIN;
+  const uint8_t *stop = p + normal;
+  for (; stop - q >= 8; q += 8) {
+    CDC_STEP8(CDC_MASK_S);
+  }
+  for (; q < stop; q++) CDC_STEP(CDC_MASK_S, 0);
+  stop = p + n;
+  for (; stop - q >= 8; q += 8) {
+    CDC_STEP8(CDC_MASK_L);
+  }
+  for (; q < stop; q++) CDC_STEP(CDC_MASK_L, 0);
+  return n;
+}
+
+// Borrows the elements of a typed array of the given type (no copy).
+static bool get_typed(napi_env env, napi_value value, napi_typedarray_type want,
+                      const char *what, void **data, size_t *length) {
+  bool is_typed = false;
+  napi_status st = napi_is_typedarray(env, value, &is_typed);
+  if (st != napi_ok) return napi_fail(env, st);
+  napi_typedarray_type type = napi_int8_array;
+  if (is_typed) {
+    st = napi_get_typedarray_info(env, value, &type, length, data, NULL, NULL);
+    if (st != napi_ok) return napi_fail(env, st);
+  }
+  if (!is_typed || type != want) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", what);
+    return false;
+  }
+  return true;
+}
+
+// cdcInit(gear: Int32Array): copies the 256-entry gear table into this
+// environment's state. May be called again (the table is replaced).
+static napi_value CdcInit(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  void *data = NULL;
+  size_t length = 0;
+  if (!get_typed(env, argv[0], napi_int32_array, "gear must be an Int32Array", &data, &length)) {
+    return NULL;
+  }
+  if (length != 256) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "gear must have 256 entries");
+    return NULL;
+  }
+  addon_state *state = NULL;
+  CHECK(napi_get_instance_data(env, (void **)&state));
+  if (state == NULL) {
+    state = calloc(1, sizeof(*state));
+    if (state == NULL) {
+      napi_throw_error(env, "ENOMEM", "out of memory");
+      return NULL;
+    }
+    napi_status st = napi_set_instance_data(env, state, free_state, NULL);
+    if (st != napi_ok) {
+      free(state);
+      napi_fail(env, st);
+      return NULL;
+    }
+  }
+  memcpy(state->gear, data, sizeof(state->gear));  // int32 -> same bits as uint32
+  state->gear_ready = true;
+  return NULL;
+}
+
+// cdcChunks(data: Uint8Array, start, end, final: boolean, out: Uint32Array):
+// number. Cuts consecutive chunks of data[start, end) from start, writing their
+// lengths to out, and returns how many it wrote. Stops when out is full, at
+// end, or — unless final — as soon as fewer than CHUNK_MAX bytes remain (the
+// next boundary may depend on bytes not supplied yet). start/end are validated
+// by the TypeScript wrapper and again here.
+static napi_value CdcChunks(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  if (!get_args(env, info, 5, argv)) return NULL;
+  addon_state *state = NULL;
+  CHECK(napi_get_instance_data(env, (void **)&state));
+  if (state == NULL || !state->gear_ready) {
+    napi_throw_error(env, "ERR_INVALID_STATE", "cdcInit has not been called");
+    return NULL;
+  }
+  void *data = NULL, *out_data = NULL;
+  size_t length = 0, out_cap = 0;
+  int64_t start = 0, end = 0;
+  bool final = false;
+  if (!get_typed(env, argv[0], napi_uint8_array, "data must be a Uint8Array", &data, &length) ||
+      !get_int64(env, argv[1], &start) || !get_int64(env, argv[2], &end)) {
+    return NULL;
+  }
+  CHECK(napi_get_value_bool(env, argv[3], &final));
+  if (!get_typed(env, argv[4], napi_uint32_array, "out must be a Uint32Array", &out_data,
+                 &out_cap)) {
+    return NULL;
+  }
+  if (start < 0 || end < start || (uint64_t)end > length) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "need 0 <= start <= end <= data.length");
+    return NULL;
+  }
+
+  const uint8_t *bytes = data;
+  uint32_t *out = out_data;
+  const uint32_t *gear = state->gear;
+  size_t pos = (size_t)start;
+  size_t stop = (size_t)end;
+  size_t count = 0;
+  while (count < out_cap && pos < stop) {
+    size_t avail = stop - pos;
+    if (!final && avail < CDC_MAX) break;
+    uint32_t len = cdc_cut(bytes + pos, avail, gear);
+    out[count++] = len;
+    pos += len;
+  }
+
+  napi_value result;
+  CHECK(napi_create_double(env, (double)count, &result));
+  return result;
+}
+
+// ---------------------------------------------------------------------------
 // Registration
 
 NAPI_MODULE_INIT() {
@@ -1020,6 +1200,8 @@ NAPI_MODULE_INIT() {
       {"futimensNs", NULL, FutimensNs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"dataSegments", NULL, DataSegments, NULL, NULL, NULL, napi_enumerable, NULL},
       {"scanDir", NULL, ScanDir, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"cdcInit", NULL, CdcInit, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"cdcChunks", NULL, CdcChunks, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_status st =
       napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

@@ -537,3 +537,66 @@ describe('diff, list, show, delete', () => {
     assert.equal(existsSync(join(work, 'bad-store', 'objects', 'names')), false);
   });
 });
+
+describe('image update', () => {
+  test('changes properties, keeps the id, and drops a signature it no longer matches unless re-signed', () => {
+    const storePath = join(work, 'upd-store');
+    const key = join(work, 'upd.key');
+    assert.equal(reimage(['key', 'create', '--out', key]).status, 0);
+    const c = reimage([
+      'image',
+      'capture',
+      tree,
+      '--store',
+      storePath,
+      '--name',
+      'u',
+      '--sign-key',
+      key,
+      '--property',
+      'team=a',
+      '--json',
+    ]);
+    const u = reimage([
+      'image',
+      'update',
+      'u',
+      '--store',
+      storePath,
+      '--description',
+      'new text',
+      '--property',
+      'version=13',
+      '--unset',
+      'team',
+      '--json',
+    ]);
+    assert.equal(u.status, 0, u.stderr);
+    assert.equal(u.json.image.id, c.json.image.id);
+    assert.equal(u.json.image.properties.description, 'new text');
+    assert.equal(u.json.image.properties.osVersion, '13');
+    assert.equal(u.json.image.properties.custom.team, undefined);
+    assert.match(u.stderr, /signature no longer matches/);
+    assert.equal(
+      reimage([
+        'image',
+        'verify',
+        'u',
+        '--store',
+        storePath,
+        '--trusted-key',
+        `${key}.pub`,
+        '--json',
+      ]).json.error.code,
+      'SIGNATURE_MISSING',
+    );
+    assert.equal(
+      reimage(['image', 'update', 'u', '--store', storePath, '--sign-key', key]).status,
+      0,
+    );
+    assert.equal(
+      reimage(['image', 'verify', 'u', '--store', storePath, '--trusted-key', `${key}.pub`]).status,
+      0,
+    );
+  });
+});

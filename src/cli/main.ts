@@ -3,7 +3,7 @@ import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { ReimageError, errorCodes, isReimageError } from '../errors.js';
 import { ContentStore } from '../content/store.js';
-import { captureImage } from '../image/capture.js';
+import { captureImage, setProperties } from '../image/capture.js';
 import { applyImage } from '../image/apply.js';
 import { verifyImage } from '../image/verify.js';
 import { diffImages } from '../image/diff.js';
@@ -451,6 +451,51 @@ export function buildProgram(): Command {
       () => `deleted ${deleted.length} image(s); run \`reimage store gc\` to free their space`,
     );
   });
+
+  withCommon(
+    image
+      .command('update')
+      .description(
+        "change an image's description or properties (the tree, and so the id, never changes)",
+      )
+      .argument('<image>', 'name or id')
+      .option('--description <text>', 'new description')
+      .option(
+        '--property <key=value>',
+        'set a property (os, version, arch, or any key); repeatable',
+        collect,
+      )
+      .option('--unset <key>', 'remove a free-form property; repeatable', collect)
+      .option(
+        '--sign-key <file>',
+        're-sign with this ed25519 private key (a signature covers the properties)',
+      ),
+  ).action(
+    (
+      ref: string,
+      o: Common & { description?: string; property?: string[]; unset?: string[]; signKey?: string },
+    ) => {
+      const lib = new ImageLibrary(openStore(o));
+      const rec = lib.resolve(ref);
+      const key = o.signKey ? readKeyFile(o.signKey, 'private') : undefined;
+      const props = setProperties(
+        { ...rec.properties, custom: { ...rec.properties.custom } },
+        parseProperties(o.property),
+      );
+      if (o.description !== undefined) props.description = o.description;
+      for (const k of o.unset ?? []) delete props.custom[k];
+      rec.properties = props;
+      const hadSignature = !!rec.signature;
+      delete rec.signature;
+      if (key) rec.signature = signRecord(rec, key);
+      lib.putRecord(rec);
+      if (hadSignature && !key)
+        process.stderr.write(
+          'warning: the image was signed; its signature no longer matches and was removed (re-sign with --sign-key)\n',
+        );
+      out(o, { image: rec }, () => summary(rec, lib.namesOf(rec.id)));
+    },
+  );
 
   withCommon(
     image

@@ -70,7 +70,7 @@ export function progressView(mode: ProgressMode, json: boolean): ProgressView {
   const bar = new cliProgress.SingleBar(
     {
       format:
-        '{op} [{bar}] {percentage}% {done}/{total} {rate}/s elapsed {elapsed} left {left} {file}',
+        '{op} [{bar}] {percentage}% {bytesDone}/{bytesTotal} {rate}/s elapsed {elapsed} left {left} {file}',
       barsize: 20,
       hideCursor: true,
       clearOnComplete: true,
@@ -84,8 +84,8 @@ export function progressView(mode: ProgressMode, json: boolean): ProgressView {
     onProgress(p) {
       const payload = {
         op: `${p.operation} ${p.phase}`.padEnd(14),
-        done: formatBytes(p.bytesDone),
-        total: formatBytes(p.bytesTotal),
+        bytesDone: formatBytes(p.bytesDone),
+        bytesTotal: formatBytes(p.bytesTotal),
         rate: formatBytes(p.rate),
         elapsed: formatDuration(p.elapsedMs),
         left: formatDuration(p.remainingMs),

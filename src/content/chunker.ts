@@ -25,6 +25,11 @@ function makeGear(): Int32Array {
 
 const GEAR = makeGear();
 
+/** A copy of the gear table (for the native cut-point search). */
+export function gearTable(): Int32Array {
+  return GEAR.slice();
+}
+
 /**
  * Length of the chunk that starts at `start`, looking at no more than `end - start` bytes.
  * When fewer than CHUNK_MAX bytes are available the caller must either be at the end of

@@ -6,11 +6,10 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { closeSync, constants, openSync, readSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { CHUNK_MAX, cutPoint } from '../content/chunker.js';
 import { FrameBuilder, type Frame } from '../content/pack.js';
 import { sortedHashesHas } from '../content/store.js';
 import { hashKey } from '../content/digest.js';
-import { dataSegments } from './posix.js';
+import { cdcChunks, dataSegments } from './posix.js';
 import type { PoolReply, PoolRequest } from './pool.js';
 
 export interface FileTask {
@@ -52,6 +51,7 @@ function main(): void {
     port.postMessage(m, transfer ?? []);
   const frames = new FrameBuilder((frame) => post({ type: 'frame', frame }), data.level);
   const buf = Buffer.allocUnsafe(READ_BUF);
+  const cuts = new Uint32Array(1024);
   let unreported = 0;
   let noatime = true;
   const probe = Buffer.alloc(1);
@@ -89,11 +89,15 @@ function main(): void {
         unreported += n;
       }
       const eof = remaining === 0;
-      while (pos < filled) {
-        if (!eof && filled - pos < CHUNK_MAX) break;
-        const len = cutPoint(buf, pos, filled);
-        onChunk(buf.subarray(pos, pos + len), hashes, lengths);
-        pos += len;
+      // Cut points come from the C version of the chunker (same boundaries as cutPoint).
+      for (;;) {
+        const n = cdcChunks(buf, pos, filled, eof, cuts);
+        for (let k = 0; k < n; k++) {
+          const len = cuts[k]!;
+          onChunk(buf.subarray(pos, pos + len), hashes, lengths);
+          pos += len;
+        }
+        if (n < cuts.length) break;
       }
       if (unreported >= PROGRESS_EVERY) {
         post({ type: 'progress', bytes: unreported });

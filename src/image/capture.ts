@@ -4,7 +4,6 @@ import {
   constants,
   lstatSync,
   openSync,
-  readdirSync,
   readlinkSync,
   readSync,
   realpathSync,
@@ -28,7 +27,7 @@ import {
   type ImageRecord,
   type ImageStats,
 } from './library.js';
-import { majorMinor, readXattrs } from './posix.js';
+import { majorMinor, readXattrs, scanDir, ST, STAT_FIELDS, type ScanResult } from './posix.js';
 import { ProgressMeter, type Progress, type Warning } from './progress.js';
 import type { CaptureWorkerData, FileTask, FromWorker } from './capture-worker.js';
 import { BatchQueue, runPool } from './pool.js';
@@ -131,14 +130,20 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
     meter.setPhase('data');
     const queue = new BatchQueue<FileTask>();
     const walker = new Walker(source, store.root, opts, warn, parent, meter);
-    const pool = runWorkers(queue, walker.entries, known, session, opts, meter, warn);
-    pool.catch(() => {}); // observed below; avoid an unhandled rejection while walking
+    // Workers start with the first file to read: an unchanged re-capture needs none.
+    let pool: Promise<Map<number, string>> | undefined;
+    const startPool = () => {
+      if (pool) return;
+      pool = runWorkers(queue, walker.entries, known, session!, opts, meter, warn);
+      pool.catch(() => {}); // observed below; avoid an unhandled rejection while walking
+    };
     let pending: FileTask[] = [];
     let pendingBytes = 0;
     try {
       while (!walker.done) {
         walker.step(512, (t) => {
           // A big file alone would keep one worker busy after the others run dry: start it early.
+          startPool();
           if (t.size >= BIG_FILE) return queue.pushFront([t]);
           pending.push(t);
           pendingBytes += t.size;
@@ -156,10 +161,10 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
       queue.close();
     } catch (e) {
       queue.close();
-      await pool.catch(() => {});
+      await pool?.catch(() => {});
       throw e;
     }
-    const failed = await pool;
+    const failed = pool ? await pool : new Map<number, string>();
     checkAborted(opts.signal);
     const entries = walker.entries;
     const statFacts = walker.stats;
@@ -246,11 +251,55 @@ interface WalkFacts extends StatFacts {
 
 interface DirCursor {
   rel: Buffer;
-  names: Buffer[];
+  scan: ScanResult;
   next: number;
 }
 
-/** Depth-first walk in manifest order, a few hundred entries per step. */
+/** What the walk needs of an lstat, from scanDir (or fs.lstat for the root). */
+interface Stat {
+  mode: bigint;
+  uid: bigint;
+  gid: bigint;
+  nlink: bigint;
+  size: bigint;
+  blocks: bigint;
+  ino: bigint;
+  dev: bigint;
+  rdev: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+}
+
+const S_IFMT = 0o170000n;
+const S_IFREG = 0o100000n;
+const S_IFDIR = 0o040000n;
+const S_IFLNK = 0o120000n;
+const S_IFIFO = 0o010000n;
+const S_IFCHR = 0o020000n;
+const S_IFBLK = 0o060000n;
+const S_IFSOCK = 0o140000n;
+
+function statAt(stats: BigInt64Array, i: number): Stat {
+  const b = i * STAT_FIELDS;
+  return {
+    mode: stats[b + ST.mode]!,
+    uid: stats[b + ST.uid]!,
+    gid: stats[b + ST.gid]!,
+    nlink: stats[b + ST.nlink]!,
+    size: stats[b + ST.size]!,
+    blocks: stats[b + ST.blocks]!,
+    ino: stats[b + ST.ino]!,
+    dev: stats[b + ST.dev]!,
+    rdev: stats[b + ST.rdev]!,
+    mtimeNs: stats[b + ST.mtimeNs]!,
+    ctimeNs: stats[b + ST.ctimeNs]!,
+  };
+}
+
+/**
+ * Depth-first walk in manifest order, a few hundred entries per step. Each directory is read
+ * with one native call (names, lstat, symlink target and xattrs of every child, sorted).
+ */
 class Walker {
   readonly entries: Entry[] = [];
   readonly stats = new Map<number, WalkFacts>();
@@ -263,6 +312,7 @@ class Walker {
   private readonly oneFs: boolean;
   private readonly root: Buffer;
   private readonly rootDev: bigint;
+  private started = false;
 
   constructor(
     source: string,
@@ -290,12 +340,8 @@ class Walker {
     }
     this.oneFs = opts.oneFileSystem ?? opts.system ?? false;
     this.root = Buffer.from(source);
-    const st = lstatSync(this.root, { bigint: true });
-    this.rootDev = st.dev;
-    this.pendingRoot = st;
+    this.rootDev = lstatSync(this.root, { bigint: true }).dev;
   }
-
-  private pendingRoot: BigIntStats | undefined;
 
   private abs(rel: Buffer): Buffer {
     return rel.length === 0 ? this.root : Buffer.concat([this.root, SLASH, rel]);
@@ -310,10 +356,16 @@ class Walker {
 
   /** Visits up to `max` entries; files to read are handed to `onFile`. */
   step(max: number, onFile: (t: FileTask) => void): void {
-    if (this.pendingRoot) {
-      const st = this.pendingRoot;
-      this.pendingRoot = undefined;
-      this.visit(Buffer.alloc(0), st, onFile);
+    if (!this.started) {
+      this.started = true;
+      const st = lstatSync(this.root, { bigint: true });
+      let xattrs: Array<[Buffer, Buffer]> = [];
+      try {
+        xattrs = readXattrs(this.root);
+      } catch (err) {
+        this.unreadable(Buffer.alloc(0), err);
+      }
+      this.visit(Buffer.alloc(0), st, undefined, xattrs, onFile);
     }
     for (let n = 0; n < max; n++) {
       const top = this.stack[this.stack.length - 1];
@@ -321,26 +373,39 @@ class Walker {
         this.done = true;
         return;
       }
-      if (top.next >= top.names.length) {
+      const { scan } = top;
+      if (top.next >= scan.names.length) {
         this.stack.pop();
         continue;
       }
-      const rel = joinPath(top.rel, top.names[top.next++]!);
+      const i = top.next++;
+      const rel = joinPath(top.rel, scan.names[i]!);
       if (this.excluded(rel)) continue;
-      let st: BigIntStats;
-      try {
-        st = lstatSync(this.abs(rel), { bigint: true });
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // vanished: as if it never was
-        this.unreadable(rel, err);
-        continue;
+      const error = scan.errors[i];
+      const st = statAt(scan.stats, i);
+      if (error !== undefined) {
+        if (st.mode === 0n && error === 'ENOENT') continue; // vanished: as if it never was
+        this.unreadable(
+          rel,
+          Object.assign(new Error(`${error} (reading its attributes)`), {
+            code: error,
+            syscall: 'scandir',
+          }),
+        );
+        if (st.mode === 0n) continue;
       }
-      this.visit(rel, st, onFile);
+      this.visit(rel, st, scan.targets[i], scan.xattrs[i] ?? [], onFile);
     }
   }
 
-  private visit(rel: Buffer, st: BigIntStats, onFile: (t: FileTask) => void): void {
-    const path = this.abs(rel);
+  private visit(
+    rel: Buffer,
+    st: Stat,
+    target: Buffer | undefined,
+    xattrs: Array<[Buffer, Buffer]>,
+    onFile: (t: FileTask) => void,
+  ): void {
+    const fmt = st.mode & S_IFMT;
     const e: Entry = {
       path: rel,
       type: 'file',
@@ -349,9 +414,9 @@ class Walker {
       gid: Number(st.gid),
       mtimeNs: st.mtimeNs,
       size: 0,
-      xattrs: [],
+      xattrs,
     };
-    if (st.isFile()) {
+    if (fmt === S_IFREG) {
       if (st.nlink > 1n) {
         const key = `${st.dev}:${st.ino}`;
         const first = this.links.get(key);
@@ -372,17 +437,17 @@ class Walker {
         this.links.set(key, rel);
       }
       e.size = Number(st.size);
-    } else if (st.isDirectory()) {
+    } else if (fmt === S_IFDIR) {
       e.type = 'dir';
-    } else if (st.isSymbolicLink()) {
+    } else if (fmt === S_IFLNK) {
       e.type = 'symlink';
-      e.target = readlinkBuffer(path);
-    } else if (st.isFIFO()) {
+      e.target = target ?? readlinkSync(this.abs(rel), { encoding: 'buffer' });
+    } else if (fmt === S_IFIFO) {
       e.type = 'fifo';
-    } else if (st.isCharacterDevice() || st.isBlockDevice()) {
-      e.type = st.isCharacterDevice() ? 'char' : 'block';
+    } else if (fmt === S_IFCHR || fmt === S_IFBLK) {
+      e.type = fmt === S_IFCHR ? 'char' : 'block';
       [e.major, e.minor] = majorMinor(st.rdev);
-    } else if (st.isSocket()) {
+    } else if (fmt === S_IFSOCK) {
       this.warn({
         code: 'SOCKET_SKIPPED',
         path: showPath(rel),
@@ -397,42 +462,27 @@ class Walker {
       });
       return;
     }
-    try {
-      e.xattrs = readXattrs(path);
-    } catch (err) {
-      this.unreadable(rel, err);
-    }
     const i = this.entries.length;
     this.entries.push(e);
-    if (e.type === 'file') this.addFile(i, e, st, path, onFile);
+    if (e.type === 'file') this.addFile(i, e, st, onFile);
     if (e.type !== 'dir') return;
     if (this.oneFs && rel.length > 0 && st.dev !== this.rootDev) return;
-    let names: Buffer[];
+    let scan: ScanResult;
     try {
-      names = readdirSync(path, { encoding: 'buffer' });
+      scan = scanDir(this.abs(rel));
     } catch (err) {
       this.unreadable(rel, err);
       return;
     }
-    names.sort(Buffer.compare);
-    this.stack.push({ rel, names, next: 0 });
+    this.stack.push({ rel, scan, next: 0 });
   }
 
-  private addFile(
-    i: number,
-    e: Entry,
-    st: BigIntStats,
-    path: Buffer,
-    onFile: (t: FileTask) => void,
-  ): void {
+  private addFile(i: number, e: Entry, st: Stat, onFile: (t: FileTask) => void): void {
     const m = this.meter;
     m.bytesTotal += e.size;
     m.filesTotal++;
-    this.stats.set(i, {
-      ino: st.ino,
-      ctimeNs: st.ctimeNs,
-      maybeSparse: st.blocks * 512n < st.size,
-    });
+    const maybeSparse = st.blocks * 512n < st.size;
+    this.stats.set(i, { ino: st.ino, ctimeNs: st.ctimeNs, maybeSparse });
     const p = this.parent?.files.get(e.path.toString('latin1'));
     if (
       p &&
@@ -455,7 +505,7 @@ class Walker {
       m.filesDone++;
       return;
     }
-    onFile({ i, path, size: e.size, maybeSparse: st.blocks * 512n < st.size });
+    onFile({ i, path: this.abs(e.path), size: e.size, maybeSparse });
   }
 
   private unreadable(rel: Buffer, err: unknown): void {
@@ -477,11 +527,6 @@ class Walker {
 }
 
 const SLASH = Buffer.from('/');
-
-/** Keeps non-UTF-8 targets intact. */
-function readlinkBuffer(path: Buffer): Buffer {
-  return readlinkSync(path, { encoding: 'buffer' });
-}
 
 /** Runs the workers over the file tasks; returns the indexes of files that could not be read. */
 async function runWorkers(
@@ -656,7 +701,12 @@ function makeProperties(opts: CaptureOptions, source: string): ImageProperties {
   if (osRelease.VERSION_ID) p.osVersion = osRelease.VERSION_ID;
   const arch = detectArch(source);
   if (arch) p.architecture = arch;
-  for (const [k, v] of Object.entries(opts.properties ?? {})) {
+  return setProperties(p, opts.properties ?? {});
+}
+
+/** Applies KEY=VALUE properties: os, version and arch (and their long names) are typed fields. */
+export function setProperties(p: ImageProperties, kv: Record<string, string>): ImageProperties {
+  for (const [k, v] of Object.entries(kv)) {
     const typed = TYPED[k];
     if (typed) (p as unknown as Record<string, string>)[typed] = v;
     else p.custom[k] = v;

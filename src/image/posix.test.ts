@@ -6,7 +6,11 @@ import { after, before, describe, it } from 'node:test';
 import util from 'node:util';
 import { Worker } from 'node:worker_threads';
 
+import { CHUNK_MAX, CHUNK_MIN, chunkLengths, cutPoint } from '../content/chunker.js';
 import {
+  cdcChunks,
+  cdcGearTable,
+  cdcInit,
   dataSegments,
   futimensNs,
   majorMinor,
@@ -667,5 +671,228 @@ describe('worker threads', () => {
       ),
     );
     assert.deepEqual(results, ['user.w=ok', 'user.w=ok', 'user.w=ok']);
+  });
+});
+
+describe('cdcChunks (FastCDC in C)', () => {
+  /** Deterministic pseudo-random bytes (xorshift32), so failures reproduce. */
+  function randomBytes(n: number, seed: number): Buffer {
+    const buf = Buffer.alloc(n);
+    let x = seed | 0 || 1;
+    for (let i = 0; i < n; i++) {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      buf[i] = x >>> 24;
+    }
+    return buf;
+  }
+
+  /** The reference: the JS cutPoint loop over data[start, end). */
+  function jsChunks(data: Uint8Array, start = 0, end = data.length): number[] {
+    const out: number[] = [];
+    for (let pos = start; pos < end;) {
+      const len = cutPoint(data, pos, end);
+      out.push(len);
+      pos += len;
+    }
+    return out;
+  }
+
+  /** All chunks of data[start, end) from the C version, `outSize` at a time. */
+  function cChunks(data: Uint8Array, start = 0, end = data.length, outSize = 1024): number[] {
+    const out = new Uint32Array(outSize);
+    const lengths: number[] = [];
+    for (let pos = start; pos < end;) {
+      const n = cdcChunks(data, pos, end, true, out);
+      assert.ok(n > 0 && n <= outSize);
+      for (let i = 0; i < n; i++) {
+        lengths.push(out[i]!);
+        pos += out[i]!;
+      }
+    }
+    return lengths;
+  }
+
+  /** Streams data through cdcChunks in windows of the given sizes (cycled). */
+  function streamed(data: Uint8Array, windows: number[], outSize = 64): number[] {
+    const out = new Uint32Array(outSize);
+    const lengths: number[] = [];
+    let pending = Buffer.alloc(0); // bytes received but not yet cut
+    let fed = 0;
+    for (let w = 0; fed < data.length; w++) {
+      const size = Math.min(windows[w % windows.length]!, data.length - fed);
+      pending = Buffer.concat([pending, data.subarray(fed, fed + size)]);
+      fed += size;
+      const final = fed === data.length;
+      let pos = 0;
+      for (;;) {
+        const n = cdcChunks(pending, pos, pending.length, final, out);
+        for (let i = 0; i < n; i++) {
+          lengths.push(out[i]!);
+          pos += out[i]!;
+        }
+        if (n < outSize) break; // stopped for lack of data, not of room
+      }
+      if (final) assert.equal(pos, pending.length);
+      else assert.ok(pending.length - pos < CHUNK_MAX);
+      pending = pending.subarray(pos);
+    }
+    return lengths;
+  }
+
+  function sum(xs: number[]): number {
+    return xs.reduce((a, b) => a + b, 0);
+  }
+
+  const sizes = [0, 1, 16383, 16384, 16385, 16386, 65536, 65537, 262144, 262145, 300_000, 8 * MiB];
+  for (const [k, size] of sizes.entries()) {
+    it(`matches the JS cutPoint loop on ${size} random bytes`, () => {
+      const data = randomBytes(size, 0x9e3779b9 + k);
+      const expected = chunkLengths(data);
+      assert.deepEqual(cChunks(data), expected);
+      assert.equal(sum(expected), size);
+    });
+  }
+
+  it('matches on degenerate data: all zeros, repeating patterns', () => {
+    const zeros = Buffer.alloc(4 * MiB);
+    const block = randomBytes(1000, 7);
+    const repeated = Buffer.alloc(3 * MiB);
+    for (let i = 0; i < repeated.length; i += block.length) block.copy(repeated, i);
+    const abc = Buffer.alloc(2 * MiB + 12345, 'abc');
+    const ramp = Buffer.alloc(MiB + 3);
+    for (let i = 0; i < ramp.length; i++) ramp[i] = i & 0xff;
+    for (const data of [zeros, repeated, abc, ramp]) {
+      const expected = chunkLengths(data);
+      assert.deepEqual(cChunks(data), expected);
+      assert.equal(sum(expected), data.length);
+    }
+    // All zeros never hits a mask: every chunk is CHUNK_MAX long.
+    assert.ok(chunkLengths(zeros).every((len) => len === CHUNK_MAX));
+  });
+
+  it('cuts a subrange [start, end), also of a view with a byte offset', () => {
+    const data = randomBytes(3 * MiB, 42);
+    for (const [start, end] of [
+      [12345, data.length],
+      [100, 2 * MiB + 7],
+      [data.length - 20000, data.length],
+      [5, 5],
+    ] as const) {
+      assert.deepEqual(cChunks(data, start, end), jsChunks(data, start, end));
+    }
+    const view = new Uint8Array(data.buffer, data.byteOffset + 999, 2 * MiB);
+    assert.deepEqual(cChunks(view), chunkLengths(view));
+  });
+
+  it("finds cuts in the last bytes of the data (the unrolled loops' tails)", () => {
+    const data = randomBytes(8 * MiB, 77);
+    // Chunks ended by a mask hit before CHUNK_AVG ('early') and after it. The
+    // loops step 8 bytes at a time from CHUNK_MIN; a hit at offset `len` falls
+    // in the tail loop when the data ends before its 8-byte block does, which
+    // needs (len - CHUNK_MIN) % 8 !== 7.
+    const early: Array<[start: number, len: number]> = [];
+    const late: Array<[start: number, len: number]> = [];
+    let pos = 0;
+    for (const len of chunkLengths(data)) {
+      const list = len < 64 * 1024 ? early : late;
+      if (len < CHUNK_MAX && (len - CHUNK_MIN) % 8 !== 7 && list.length < 4) list.push([pos, len]);
+      pos += len;
+    }
+    assert.ok(early.length > 0 && late.length > 0);
+    for (const [start, len] of [...early, ...late]) {
+      // The same cut, found with k = 1..9 bytes left: covers every tail position.
+      for (let k = 1; k <= 9; k++) {
+        const view = data.subarray(start, start + len + k);
+        const expected = chunkLengths(view);
+        assert.equal(expected[0], len);
+        assert.deepEqual(cChunks(view), expected);
+      }
+    }
+  });
+
+  it('stops when out is full', () => {
+    const data = randomBytes(2 * MiB, 3);
+    const expected = chunkLengths(data);
+    assert.ok(expected.length > 5);
+    assert.deepEqual(cChunks(data, 0, data.length, 1), expected);
+    assert.deepEqual(cChunks(data, 0, data.length, 3), expected);
+    assert.equal(cdcChunks(data, 0, data.length, true, new Uint32Array(0)), 0);
+    const out = new Uint32Array(2);
+    assert.equal(cdcChunks(data, 0, data.length, true, out), 2);
+    assert.deepEqual([...out], expected.slice(0, 2));
+  });
+
+  it('non-final: stops when fewer than CHUNK_MAX bytes remain', () => {
+    const data = randomBytes(CHUNK_MAX + 100, 11);
+    const out = new Uint32Array(16);
+    assert.equal(cdcChunks(data, 0, CHUNK_MAX - 1, false, out), 0);
+    assert.equal(cdcChunks(data, 0, 0, false, out), 0);
+    assert.equal(cdcChunks(data, 0, 0, true, out), 0);
+    // Exactly CHUNK_MAX available is enough to decide one boundary.
+    // After that one chunk fewer than CHUNK_MAX bytes remain, so it stops.
+    assert.equal(cdcChunks(data, 0, CHUNK_MAX, false, out), 1);
+    assert.equal(out[0], cutPoint(data, 0, data.length));
+    // Short final data: one chunk of everything when at most CHUNK_MIN.
+    assert.equal(cdcChunks(data, 0, CHUNK_MIN, true, out), 1);
+    assert.equal(out[0], CHUNK_MIN);
+  });
+
+  it('streaming in windows gives the same chunks as the whole buffer', () => {
+    const data = Buffer.concat([
+      randomBytes(5 * MiB, 99),
+      Buffer.alloc(MiB), // a run of zeros: forced CHUNK_MAX cuts
+      randomBytes(MiB + 4321, 100),
+    ]);
+    const expected = chunkLengths(data);
+    for (const windows of [[data.length], [64 * 1024], [1, 100_000, 7, CHUNK_MAX], [1 << 20]]) {
+      assert.deepEqual(streamed(data, windows), expected, `windows ${windows.join(',')}`);
+    }
+  });
+
+  it('validates its arguments', () => {
+    const data = Buffer.alloc(10);
+    const out = new Uint32Array(4);
+    assert.throws(() => cdcChunks(data, 0, 11, true, out), RangeError);
+    assert.throws(() => cdcChunks(data, 5, 4, true, out), RangeError);
+    assert.throws(() => cdcChunks(data, -1, 4, true, out), RangeError);
+    assert.throws(() => cdcChunks(data, 0.5, 4, true, out), RangeError);
+    assert.throws(() => cdcChunks([1, 2] as unknown as Uint8Array, 0, 2, true, out), TypeError);
+    assert.throws(() => cdcChunks(data, 0, 4, true, [0] as unknown as Uint32Array), TypeError);
+    assert.throws(() => cdcChunks(data, 0, 4, true, new Int32Array(4) as never), TypeError);
+    assert.throws(() => cdcChunks(data, 0, 4, 1 as unknown as boolean, out), TypeError);
+    assert.throws(() => cdcInit(new Int32Array(255)), TypeError);
+    assert.throws(() => cdcInit(new Uint32Array(256) as unknown as Int32Array), TypeError);
+    // Re-initialising with the same table changes nothing.
+    cdcInit(cdcGearTable());
+    const random = randomBytes(MiB, 5);
+    assert.deepEqual(cChunks(random), chunkLengths(random));
+  });
+
+  it('works in several workers at once (each with its own gear table)', async () => {
+    const source = `
+      const { parentPort, workerData } = require('node:worker_threads');
+      import(workerData.url).then((m) => {
+        const data = new Uint8Array(workerData.data);
+        const out = new Uint32Array(1000);
+        const n = m.cdcChunks(data, 0, data.length, true, out);
+        parentPort.postMessage(Array.from(out.subarray(0, n)));
+      });
+    `;
+    const url = new URL('./posix.js', import.meta.url).href;
+    const data = randomBytes(4 * MiB, 1234);
+    const results = await Promise.all(
+      [1, 2, 3].map(
+        () =>
+          new Promise((resolve, reject) => {
+            const w = new Worker(source, { eval: true, workerData: { url, data } });
+            w.once('message', resolve);
+            w.once('error', reject);
+          }),
+      ),
+    );
+    const expected = chunkLengths(data);
+    assert.deepEqual(results, [expected, expected, expected]);
   });
 });

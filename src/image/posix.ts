@@ -2,6 +2,7 @@
 // Linux POSIX calls Node's fs lacks, needed to capture and apply OS images
 // faithfully — extended attributes, device nodes, nanosecond timestamps, the
 // data segments of sparse files, and a one-call-per-directory scan for tree walks.
+// Also cdcChunks, a C version of the FastCDC chunker (src/content/chunker.ts).
 //
 // Paths and xattr names are raw bytes: real trees contain names that are not
 // valid UTF-8, so pass Buffers whenever a name came from the filesystem.
@@ -17,6 +18,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { gearTable } from '../content/chunker.js';
 
 /** A path or xattr name: raw bytes, or a string encoded as UTF-8. */
 export type PathArg = Buffer | string;
@@ -40,6 +42,8 @@ interface NativeBinding {
   futimensNs(fd: number, atimeNs: bigint, mtimeNs: bigint): void;
   dataSegments(fd: number, size: number): Array<[number, number]>;
   scanDir(dir: Buffer, xattrs: boolean): RawScan;
+  cdcInit(gear: Int32Array): void;
+  cdcChunks(data: Uint8Array, start: number, end: number, final: boolean, out: Uint32Array): number;
 }
 
 /**
@@ -338,4 +342,68 @@ export function scanDir(dir: PathArg, opts: ScanOptions = {}): ScanResult {
     xattrs: Array.from(raw.xattrs),
     errors: Array.from(raw.errors),
   };
+}
+
+// ---------------------------------------------------------------------------
+// FastCDC in C
+
+/**
+ * The FastCDC gear table of image format v1, computed exactly as in
+ * src/content/chunker.ts (which owns the format; the equivalence test in
+ * posix.test.ts guards this copy): entry i is the first 4 bytes, little-endian
+ * int32, of SHA-256("reimage-fastcdc-gear-v1:" + i).
+ */
+export function cdcGearTable(): Int32Array {
+  // The table is part of the native format: one definition, in the chunker.
+  return gearTable();
+}
+
+// Whether this thread's addon instance has its gear table (see cdcInit).
+let cdcReady = false;
+
+/**
+ * Hands a gear table to the addon. The table is copied into per-addon-instance
+ * data (Node-API instance data), so every thread/worker has its own copy.
+ * cdcChunks calls this itself with `cdcGearTable()` on first use, so callers
+ * never need to; it is exported for tests and for experiments with other tables
+ * (which change every chunk boundary). `gear` must be an Int32Array of 256.
+ */
+export function cdcInit(gear: Int32Array): void {
+  if (!(gear instanceof Int32Array) || gear.length !== 256) {
+    throw new TypeError('gear must be an Int32Array of 256 entries');
+  }
+  native().cdcInit(gear);
+  cdcReady = true;
+}
+
+/**
+ * FastCDC chunking in C, with exactly the boundaries of `cutPoint` in
+ * src/content/chunker.ts (CHUNK_MIN/AVG/MAX 16/64/256 KiB, same gear table and
+ * masks), several times faster.
+ *
+ * Cuts consecutive chunks of `data` starting at `start`, writes their lengths
+ * to `out` and returns how many it wrote. It stops
+ * - when `out` is full,
+ * - at `end` when `final` is true (the last chunk may be short), or
+ * - when `final` is false, as soon as fewer than CHUNK_MAX (256 KiB) bytes
+ *   remain before `end`: the next boundary may depend on bytes not supplied
+ *   yet, so the caller keeps those bytes and calls again with more data.
+ * The caller sums the returned lengths to learn where it stopped. Feeding a
+ * stream this way (final only for the last window) gives the same chunks as
+ * chunking the whole data at once.
+ */
+export function cdcChunks(
+  data: Uint8Array,
+  start: number,
+  end: number,
+  final: boolean,
+  out: Uint32Array,
+): number {
+  if (!(data instanceof Uint8Array)) throw new TypeError('data must be a Uint8Array');
+  if (!(out instanceof Uint32Array)) throw new TypeError('out must be a Uint32Array');
+  if (typeof final !== 'boolean') throw new TypeError('final must be a boolean');
+  checkInt(end, 'end', 0, data.length);
+  checkInt(start, 'start', 0, end);
+  if (!cdcReady) cdcInit(cdcGearTable());
+  return native().cdcChunks(data, start, end, final, out);
 }
