@@ -1,19 +1,12 @@
 import assert from 'node:assert/strict';
-import { createCipheriv, createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
 
 import { CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, chunkLengths, cutPoint } from './chunker.js';
 import { sha256Hex } from './digest.js';
+import { randomData } from '../../test/support/random.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-
-/** Deterministic pseudo-random bytes (AES-256-CTR keystream), so that failures reproduce. */
-function randomData(seed: string, n: number): Buffer {
-  const key = createHash('sha256').update(seed).digest();
-  const c = createCipheriv('aes-256-ctr', key, Buffer.alloc(16));
-  return Buffer.concat([c.update(Buffer.alloc(n)), c.final()]);
-}
 
 function chunkHashes(data: Uint8Array, lengths: number[]): string[] {
   const out: string[] = [];

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { createCipheriv, createHash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { Decompressor } from 'zstd-napi';
 
@@ -18,15 +18,10 @@ import {
   type Frame,
   type IndexEntry,
 } from './pack.js';
+import { randomData } from '../../test/support/random.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-
-function randomData(seed: string, n: number): Buffer {
-  const key = createHash('sha256').update(seed).digest();
-  const c = createCipheriv('aes-256-ctr', key, Buffer.alloc(16));
-  return Buffer.concat([c.update(Buffer.alloc(n)), c.final()]);
-}
 
 interface Chunk {
   hash: Buffer;

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { createCipheriv, createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,6 +19,7 @@ import {
   STORE_VERSION,
   writeAtomic,
 } from './store.js';
+import { randomData } from '../../test/support/random.js';
 
 let dir: string;
 before(() => {
@@ -32,12 +33,6 @@ let seq = 0;
 /** A fresh path under the test directory. */
 function fresh(name: string): string {
   return path.join(dir, `${name}-${seq++}`);
-}
-
-function randomData(seed: string, n: number): Buffer {
-  const key = createHash('sha256').update(seed).digest();
-  const c = createCipheriv('aes-256-ctr', key, Buffer.alloc(16));
-  return Buffer.concat([c.update(Buffer.alloc(n)), c.final()]);
 }
 
 interface Chunk {
