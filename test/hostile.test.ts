@@ -184,6 +184,22 @@ describe('hostile manifests are refused and nothing is written', () => {
     });
   }
 
+  test('a chunk the store does not have is named, with its file, before anything is written', async () => {
+    const unknown = Buffer.alloc(32, 0xab);
+    const lengths = fileEntry.lengths!;
+    const chunks = Buffer.concat([unknown, fileEntry.chunks!.subarray(32)]);
+    plant('h-missing-chunk', [root, dir('d'), file('d/f', { chunks, lengths })]);
+    const target = join(work, 't-missing-chunk');
+    await assert.rejects(applyImage({ store, image: 'h-missing-chunk', target }), (e) => {
+      assert.ok(isReimageError(e, 'CHUNK_MISSING'), String(e));
+      assert.match(e.message, new RegExp(`chunk ${unknown.toString('hex')} of d/f`));
+      return true;
+    });
+    assert.equal(existsSync(target), false);
+    const v = await verifyImage({ store, image: 'h-missing-chunk' });
+    assert.equal(v.problems[0]?.code, 'CHUNK_MISSING');
+  });
+
   test('a manifest that does not hash to its id is refused', async () => {
     const good = encodeManifest({ entries: [root, file('f')] });
     const id = sha256Hex(good);

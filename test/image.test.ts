@@ -600,3 +600,63 @@ describe('image update', () => {
     );
   });
 });
+
+describe('excludes', () => {
+  test('--exclude and --system leave out what they name, and the store is never captured into itself', () => {
+    const src = join(work, 'sys-src');
+    for (const d of ['proc/1', 'sys/kernel', 'dev', 'run/lock', 'tmp', 'etc', 'var/log', 'var/tmp'])
+      mkdirSync(join(src, d), { recursive: true });
+    writeFileSync(join(src, 'proc/1/status'), 'x');
+    writeFileSync(join(src, 'sys/kernel/x'), 'x');
+    writeFileSync(join(src, 'run/lock/l'), 'x');
+    writeFileSync(join(src, 'tmp/t'), 'x');
+    writeFileSync(join(src, 'var/tmp/t'), 'x');
+    writeFileSync(join(src, 'etc/hostname'), 'model');
+    writeFileSync(join(src, 'var/log/syslog'), 'log');
+    writeFileSync(join(src, 'var/log/app.log'), 'log');
+    const storePath = join(src, 'srv-library'); // inside the tree being captured
+    const r = reimage([
+      'image',
+      'capture',
+      src,
+      '--store',
+      storePath,
+      '--name',
+      'sys',
+      '--system',
+      '--exclude',
+      '*.log',
+      '--exclude',
+      '/var/log/syslog',
+      '--json',
+    ]);
+    assert.equal(r.status, 0, r.stderr);
+    const files = reimage(['image', 'show', 'sys', '--store', storePath, '--files', '--json']).json
+      .files as string[];
+    const paths = files.map((l) => l.slice(l.indexOf(' /') + 1));
+    for (const kept of [
+      '/proc',
+      '/sys',
+      '/dev',
+      '/run',
+      '/tmp',
+      '/var/tmp',
+      '/etc/hostname',
+      '/var/log',
+    ])
+      assert.ok(paths.includes(kept), `${kept} kept`);
+    for (const gone of [
+      '/proc/1',
+      '/proc/1/status',
+      '/sys/kernel',
+      '/run/lock',
+      '/tmp/t',
+      '/var/tmp/t',
+      '/var/log/app.log',
+      '/var/log/syslog',
+      '/srv-library',
+    ]) {
+      assert.ok(!paths.includes(gone), `${gone} left out`);
+    }
+  });
+});
