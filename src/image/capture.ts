@@ -14,19 +14,11 @@ import { Minimatch } from 'minimatch';
 import type { KeyObject } from 'node:crypto';
 import { Compressor, Decompressor } from 'zstd-napi';
 import { ReimageError } from '../errors.js';
-import { hashKey, sha256Hex } from '../content/digest.js';
 import type { ContentStore, ChunkIndex } from '../content/store.js';
 import type { Frame } from '../content/pack.js';
-import { encodeManifest } from './formats/native/v1/manifest-codec.js';
 import { joinPath, showPath, type Entry } from './manifest.js';
-import {
-  ImageLibrary,
-  checkImageName,
-  signRecord,
-  type ImageProperties,
-  type ImageRecord,
-  type ImageStats,
-} from './library.js';
+import { ImageLibrary, checkImageName, type ImageProperties, type ImageRecord } from './library.js';
+import { recordImage } from './record.js';
 import { majorMinor, readXattrs, scanDir, ST, STAT_FIELDS, type ScanResult } from './posix.js';
 import { ProgressMeter, type Progress, type Warning } from './progress.js';
 import type { CaptureWorkerData, FileTask, FromWorker } from './capture-worker.js';
@@ -172,66 +164,22 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
 
     // 4. Manifest, id, record.
     meter.setPhase('commit');
-    const canonical = encodeManifest({ entries: kept });
-    const id = sha256Hex(canonical);
-    const existing = lib.getRecord(id);
-    const committed = await session.commit();
-    const packOf = (key: string): string | undefined => {
-      const loc = known.getByKey(key);
-      return loc ? known.packs[loc.pack] : committed.packOf(key);
-    };
-    const packs = new Set<string>();
-    const uniq = new Set<string>();
-    let uniqueBytes = 0;
-    let chunks = 0;
-    for (const e of kept) {
-      if (!e.chunks || !e.lengths) continue;
-      for (let c = 0; c < e.lengths.length; c++) {
-        chunks++;
-        const k = hashKey(e.chunks, c * 32);
-        if (uniq.has(k)) continue;
-        uniq.add(k);
-        uniqueBytes += e.lengths[c]!;
-        const pack = packOf(k);
-        if (!pack)
-          throw new Error(`bug: chunk ${Buffer.from(k, 'latin1').toString('hex')} was not stored`);
-        packs.add(pack);
-      }
-    }
-    const manifestBytes = lib.putManifest(id, canonical);
-    const stats = countStats(kept, {
-      chunks,
-      uniqueChunks: uniq.size,
-      uniqueBytes,
-      storedBytes: session.bytesWritten,
-      manifestBytes,
+    const { record, created } = await recordImage({
+      lib,
+      session,
+      known,
+      entries: kept,
+      properties: () => makeProperties(opts, source),
+      parent: parent?.id,
+      signKey: opts.signKey,
     });
-    // An image is immutable: capturing an identical tree again only adds a name (its
-    // properties and signature stay; `image update` changes properties).
-    let record: ImageRecord;
-    if (existing) {
-      record = { ...existing, stats: { ...existing.stats, storedBytes: session.bytesWritten } };
-    } else {
-      record = {
-        format: 'reimage-image',
-        version: 1,
-        id,
-        imageFormat: 'native-v1',
-        properties: makeProperties(opts, source),
-        stats,
-        packs: [...packs].sort(),
-      };
-      if (parent) record.parent = parent.id;
-      if (opts.signKey) record.signature = signRecord(record, opts.signKey);
-      lib.putRecord(record);
-    }
+    const id = record.id;
     writeStatCache(store, id, kept, entries, statFacts);
     lib.setName(opts.name, id);
-    session.close();
-    session = undefined;
+    session = undefined; // committed and closed by recordImage
     meter.file = undefined;
     meter.setPhase('done');
-    return { record, warnings, created: !existing, reused: walker.reused };
+    return { record, warnings, created, reused: walker.reused };
   } catch (e) {
     await session?.abort();
     throw e;
@@ -630,51 +578,6 @@ function dropFailed(
     out.push(e);
   });
   return out;
-}
-
-function countStats(
-  entries: Entry[],
-  extra: Pick<
-    ImageStats,
-    'chunks' | 'uniqueChunks' | 'uniqueBytes' | 'storedBytes' | 'manifestBytes'
-  >,
-): ImageStats {
-  const s: ImageStats = {
-    entries: entries.length,
-    files: 0,
-    dirs: 0,
-    symlinks: 0,
-    hardlinks: 0,
-    devices: 0,
-    fifos: 0,
-    bytes: 0,
-    dataBytes: 0,
-    ...extra,
-  };
-  for (const e of entries) {
-    switch (e.type) {
-      case 'file':
-        s.files++;
-        s.bytes += e.size;
-        s.dataBytes += (e.lengths ?? []).reduce((a, b) => a + b, 0);
-        break;
-      case 'dir':
-        s.dirs++;
-        break;
-      case 'symlink':
-        s.symlinks++;
-        break;
-      case 'hardlink':
-        s.hardlinks++;
-        break;
-      case 'fifo':
-        s.fifos++;
-        break;
-      default:
-        s.devices++;
-    }
-  }
-  return s;
 }
 
 const TYPED: Record<string, keyof ImageProperties> = {

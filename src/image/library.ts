@@ -67,7 +67,10 @@ export interface ImageRecord {
   format: typeof IMAGE_RECORD_FORMAT;
   version: 1;
   id: string;
-  imageFormat: 'native-v1';
+  /** native-v1: the tree itself; opaque: a third-party image file stored as one file, applied by its format */
+  imageFormat: 'native-v1' | 'opaque';
+  /** for opaque images: the format plugin that applies the file */
+  opaqueFormat?: string;
   properties: ImageProperties;
   stats: ImageStats;
   parent?: string;
