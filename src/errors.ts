@@ -81,6 +81,18 @@ export const errorCodes = {
     exit: 1,
     help: 'Writing the tree failed; the message names the entry and the system error.',
   },
+  FORMAT_UNKNOWN: {
+    exit: 2,
+    help: 'The file is in no image format reimage knows, or `--format` names none: `reimage formats` lists them; a plugin adds one (`--format-plugin PATH`).',
+  },
+  FORMAT_UNAVAILABLE: {
+    exit: 1,
+    help: 'The format needs a tool that is not installed here; the message names the package (e.g. wimtools, squashfs-tools).',
+  },
+  FORMAT_TOOL_FAILED: {
+    exit: 1,
+    help: 'The external tool of an image format (wimlib-imagex, mksquashfs, unsquashfs) failed; the message ends with its error output.',
+  },
   CANCELLED: {
     exit: 130,
     help: 'The operation was cancelled (Ctrl-C); temporary data was removed and nothing was recorded.',

@@ -2,6 +2,8 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   existsSync,
+  statSync,
+  truncateSync,
   mkdtempSync,
   openSync,
   readdirSync,
@@ -658,5 +660,28 @@ describe('excludes', () => {
     ]) {
       assert.ok(!paths.includes(gone), `${gone} left out`);
     }
+  });
+});
+
+describe('sparse files', () => {
+  test('a file that is all hole, and one with data between holes, come back with their sizes and holes', () => {
+    const src = join(work, 'sparse-src');
+    mkdirSync(src);
+    const hole = join(src, 'all-hole');
+    closeSync(openSync(hole, 'w'));
+    truncateSync(hole, 10 * 1024 * 1024);
+    const mixed = join(src, 'mixed');
+    const fd = openSync(mixed, 'w');
+    writeSync(fd, Buffer.from('head'), 0, 4, 0);
+    writeSync(fd, Buffer.from('tail'), 0, 4, 20 * 1024 * 1024);
+    closeSync(fd);
+    const storePath = join(work, 'sparse-store');
+    const c = reimage(['image', 'capture', src, '--store', storePath, '--name', 'sp', '--json']);
+    assert.equal(c.status, 0, c.stderr);
+    assert.ok(c.json.image.stats.dataBytes < 1024 * 1024, 'holes are not stored');
+    const target = join(work, 'sparse-target');
+    assert.equal(reimage(['image', 'apply', 'sp', target, '--store', storePath]).status, 0);
+    assert.equal(diffListings(listing(src), listing(target)), '');
+    assert.ok(statSync(join(target, 'all-hole')).blocks * 512 < 1024 * 1024, 'still sparse');
   });
 });

@@ -5,11 +5,14 @@ import { ReimageError, errorCodes, isReimageError } from '../errors.js';
 import { ContentStore } from '../content/store.js';
 import { captureImage, setProperties } from '../image/capture.js';
 import { applyImage } from '../image/apply.js';
+import { applyOpaque, exportImage, importFile } from '../image/convert.js';
+import { loadFormats } from '../image/formats/registry.js';
 import { verifyImage } from '../image/verify.js';
 import { diffImages } from '../image/diff.js';
 import { collectGarbage } from '../image/gc.js';
 import {
   ImageLibrary,
+  checkSignature,
   keyIdOf,
   loadPrivateKey,
   loadPublicKey,
@@ -57,6 +60,12 @@ function readKeyFile(file: string, kind: 'private' | 'public') {
     });
   }
   return kind === 'private' ? loadPrivateKey(pem, file) : loadPublicKey(pem, file);
+}
+
+/** --format-plugin flags, else REIMAGE_FORMAT_PLUGINS (colon-separated). */
+function pluginPaths(o: { formatPlugin?: string[] }): string[] {
+  if (o.formatPlugin?.length) return o.formatPlugin;
+  return (process.env.REIMAGE_FORMAT_PLUGINS ?? '').split(':').filter(Boolean);
 }
 
 function collect(v: string, prev: string[] = []): string[] {
@@ -292,14 +301,56 @@ export function buildProgram(): Command {
         '--no-owners',
         'do not set owners or create devices (default: set them when running as root)',
       )
-      .option('--workers <n>', 'worker threads (default: one per core)', (v) => parseInt(v, 10)),
+      .option('--workers <n>', 'worker threads (default: one per core)', (v) => parseInt(v, 10))
+      .option(
+        '--allow-devices',
+        'opaque third-party images: create the device nodes they hold (refused by default)',
+      )
+      .option(
+        '--format-plugin <path>',
+        'load an image-format plugin (module path); repeatable',
+        collect,
+      ),
   ).action(
     async (
       ref: string,
       target: string,
-      o: Common & { trustedKey?: string; owners?: boolean; workers?: number },
+      o: Common & {
+        trustedKey?: string;
+        owners?: boolean;
+        workers?: number;
+        allowDevices?: boolean;
+        formatPlugin?: string[];
+      },
     ) => {
       const store = openStore(o);
+      const rec = new ImageLibrary(store).resolve(ref);
+      if (rec.imageFormat === 'opaque') {
+        // A third-party file stored as is: its format reads it; the tree is laid out safely.
+        if (o.trustedKey) checkSignature(rec, readKeyFile(o.trustedKey, 'public'));
+        const registry = await loadFormats(pluginPaths(o));
+        const res = await applyOpaque({
+          store,
+          registry,
+          record: rec,
+          target,
+          devices: !!o.allowDevices,
+          onWarning: (w) => process.stderr.write(`warning: ${w.message}\n`),
+        });
+        out(
+          o,
+          {
+            image: rec.id,
+            target,
+            entries: res.entries,
+            bytes: res.bytes,
+            format: rec.opaqueFormat,
+          },
+          () =>
+            `applied ${rec.properties.name} (${rec.opaqueFormat} file, ${rec.id.slice(0, 12)}): ${res.entries} entries, ${formatBytes(res.bytes)} into ${target}`,
+        );
+        return;
+      }
       const view = progressView(o.progress ?? 'auto', !!o.json);
       const c = cancellable();
       try {
@@ -512,6 +563,167 @@ export function buildProgram(): Command {
       o,
       { image: rec.id, signature: rec.signature },
       () => `signed ${rec.id} with key ${rec.signature!.keyId}`,
+    );
+  });
+
+  withCommon(
+    image
+      .command('import')
+      .description(
+        'bring a third-party image file (tar, tar.gz, tar.zst, WIM, squashfs, plugins) into the library',
+      )
+      .argument('<file>', 'image file')
+      .requiredOption('--name <name>', 'image name')
+      .option('--format <format>', 'format (default: detected from the name and content)')
+      .option('--index <n>', 'image inside a multi-image file (WIM), from 1', (v) =>
+        parseInt(v, 10),
+      )
+      .option(
+        '--opaque',
+        'store the file itself as content, applied later by its format (instead of converting its tree)',
+      )
+      .option('--description <text>', 'description')
+      .option(
+        '--property <key=value>',
+        'property (os, version, arch, or any key); repeatable',
+        collect,
+      )
+      .option(
+        '--format-plugin <path>',
+        'load an image-format plugin (module path); repeatable',
+        collect,
+      ),
+  ).action(
+    async (
+      file: string,
+      o: Common & {
+        name: string;
+        format?: string;
+        index?: number;
+        opaque?: boolean;
+        description?: string;
+        property?: string[];
+        formatPlugin?: string[];
+      },
+    ) => {
+      const store = (() => {
+        const path = o.store ?? process.env.REIMAGE_STORE;
+        if (!path)
+          throw new ReimageError(
+            'USAGE',
+            'no content store given: pass --store PATH or set REIMAGE_STORE',
+          );
+        return ContentStore.open(path, { create: true });
+      })();
+      const registry = await loadFormats(pluginPaths(o));
+      const props = parseProperties(o.property);
+      const res = await importFile({
+        store,
+        registry,
+        file,
+        name: o.name,
+        format: o.format,
+        index: o.index,
+        opaque: !!o.opaque,
+        description: o.description,
+        properties: (base) => setProperties(base, props),
+      });
+      out(o, { image: res.record, created: res.created, format: res.format }, () => [
+        ...summary(res.record, [o.name]),
+        `imported:     ${file} (${res.format}${o.opaque ? ', opaque' : ''})`,
+        res.record.id,
+      ]);
+    },
+  );
+
+  withCommon(
+    image
+      .command('export')
+      .description('write an image as a file of another format')
+      .argument('<image>', 'name or id')
+      .requiredOption(
+        '--format <format>',
+        'tar, tar.gz, tar.zst, wim, squashfs, or a plugin format',
+      )
+      .requiredOption('-o, --output <file>', 'file to write (must not exist)')
+      .option(
+        '--format-plugin <path>',
+        'load an image-format plugin (module path); repeatable',
+        collect,
+      ),
+  ).action(
+    async (
+      ref: string,
+      o: Common & { format: string; output: string; formatPlugin?: string[] },
+    ) => {
+      if (existsSync(o.output))
+        throw new ReimageError('INVALID_ARGUMENT', `${o.output} exists; refusing to overwrite it`);
+      const registry = await loadFormats(pluginPaths(o));
+      const res = await exportImage({
+        store: openStore(o),
+        registry,
+        image: ref,
+        format: o.format,
+        out: o.output,
+      });
+      const size = statSync(o.output).size;
+      out(
+        o,
+        { image: res.record.id, format: res.format, output: o.output, bytes: size },
+        () =>
+          `exported ${res.record.properties.name} (${res.record.id.slice(0, 12)}) as ${res.format}: ${o.output} (${formatBytes(size)})`,
+      );
+    },
+  );
+
+  withCommon(
+    program
+      .command('formats')
+      .description('image formats: which are usable here and what each keeps')
+      .option(
+        '--format-plugin <path>',
+        'load an image-format plugin (module path); repeatable',
+        collect,
+      ),
+    false,
+  ).action(async (o: Common & { formatPlugin?: string[] }) => {
+    const registry = await loadFormats(pluginPaths(o));
+    const rows = await Promise.all(
+      registry.list().map(async (f) => ({
+        name: f.name,
+        extensions: f.extensions,
+        description: f.description,
+        unavailable: (await f.unavailable()) ?? null,
+        capabilities: f.capabilities,
+      })),
+    );
+    out(
+      o,
+      {
+        formats: [
+          {
+            name: 'native-v1',
+            extensions: [],
+            description: 'reimage native images (the library itself)',
+            unavailable: null,
+            capabilities: null,
+          },
+          ...rows,
+        ],
+      },
+      () => [
+        'FORMAT     STATUS       KEEPS',
+        `${'native-v1'.padEnd(10)} ${'ok'.padEnd(12)} everything (the library's own format)`,
+        ...rows.map(
+          (r) =>
+            `${r.name.padEnd(10)} ${(r.unavailable ? 'unavailable' : 'ok').padEnd(12)} ${Object.entries(
+              r.capabilities,
+            )
+              .filter(([, v]) => v)
+              .map(([k]) => k)
+              .join(', ')}${r.unavailable ? `\n           ${r.unavailable}` : ''}`,
+        ),
+      ],
     );
   });
 

@@ -67,3 +67,45 @@ export function chunkLengths(data: Uint8Array): number[] {
   }
   return out;
 }
+
+/**
+ * Cuts a stream into the same chunks as `cutPoint` over the whole data, whatever the sizes of
+ * the pieces pushed. Chunks are handed out as views of an internal buffer: use them (hash,
+ * copy) before the next push.
+ */
+export class StreamChunker {
+  private buf = Buffer.allocUnsafe(2 * CHUNK_MAX);
+  private len = 0;
+
+  constructor(private readonly onChunk: (chunk: Buffer) => void) {}
+
+  push(data: Uint8Array): void {
+    if (this.len + data.length > this.buf.length) {
+      const bigger = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.len + data.length));
+      this.buf.copy(bigger, 0, 0, this.len);
+      this.buf = bigger;
+    }
+    this.buf.set(data, this.len);
+    this.len += data.length;
+    let pos = 0;
+    while (this.len - pos >= CHUNK_MAX) {
+      const n = cutPoint(this.buf, pos, this.len);
+      this.onChunk(this.buf.subarray(pos, pos + n));
+      pos += n;
+    }
+    if (pos > 0) {
+      this.buf.copy(this.buf, 0, pos, this.len);
+      this.len -= pos;
+    }
+  }
+
+  end(): void {
+    let pos = 0;
+    while (pos < this.len) {
+      const n = cutPoint(this.buf, pos, this.len);
+      this.onChunk(this.buf.subarray(pos, pos + n));
+      pos += n;
+    }
+    this.len = 0;
+  }
+}

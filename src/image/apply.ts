@@ -64,6 +64,12 @@ export async function applyImage(opts: ApplyOptions): Promise<ApplyResult> {
   try {
     const record = lib.resolve(opts.image);
     if (opts.trustedKey) checkSignature(record, opts.trustedKey);
+    if (record.imageFormat === 'opaque') {
+      throw new ReimageError(
+        'INVALID_ARGUMENT',
+        `image ${record.id} holds a ${record.opaqueFormat} file: it is applied by its format (applyOpaque)`,
+      );
+    }
     const { manifest } = lib.loadManifest(record.id);
     const entries = manifest.entries;
     const index = opts.store.loadIndex(record.packs);
@@ -190,12 +196,12 @@ export async function applyImage(opts: ApplyOptions): Promise<ApplyResult> {
   }
 }
 
-function abs(target: string, rel: Buffer): Buffer {
+export function abs(target: string, rel: Buffer): Buffer {
   return rel.length === 0 ? Buffer.from(target) : Buffer.concat([Buffer.from(target), SLASH, rel]);
 }
 
 /** The target must be new or an empty directory: nothing already there can redirect a write. */
-function prepareTarget(target: string): 'dir' | 'contents' {
+export function prepareTarget(target: string): 'dir' | 'contents' {
   let st;
   try {
     st = lstatSync(target);
@@ -263,7 +269,7 @@ function applyOther(target: string, e: Entry, owners: boolean, warn: (w: Warning
 }
 
 /** Owner, then mode (chown clears setuid bits), then xattrs (chown clears capabilities), then times. */
-function setMeta(
+export function setMeta(
   path: Buffer,
   e: Entry,
   owners: boolean,

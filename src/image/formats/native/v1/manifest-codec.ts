@@ -20,7 +20,7 @@ import {
  *   entry := varint(pathLen) path u8(type)
  *            [type != hardlink: varint(mode) varint(uid) varint(gid) zigzag(mtimeSec) varint(mtimeNsec)
  *                               varint(nXattr) (varint(len) name varint(len) value)*]
- *            file:     varint(size) varint(nSeg) (varint(off) varint(len))* varint(nChunk) (hash[32] varint(len))*
+ *            file:     varint(size) varint(0 | nSeg+1) (varint(off) varint(len))* varint(nChunk) (hash[32] varint(len))*
  *            symlink:  varint(len) target
  *            hardlink: varint(len) path-of-file
  *            char/block: varint(major) varint(minor)
@@ -127,8 +127,9 @@ export function encodeManifest(m: Manifest): Buffer {
     switch (e.type) {
       case 'file': {
         w.varint(e.size);
+        // 0: the whole file is data; n + 1: sparse with n data regions (n may be 0: all hole).
         const segs = e.segments ?? [];
-        w.varint(segs.length);
+        w.varint(e.segments ? segs.length + 1 : 0);
         for (const [off, len] of segs) {
           w.varint(off);
           w.varint(len);
@@ -209,7 +210,8 @@ class Reader {
   }
 }
 
-function checkPath(path: Buffer, isRoot: boolean, what: string): string | undefined {
+/** Why a path cannot be in an image (absolute, empty/./.. components, NUL), or undefined. */
+export function checkPath(path: Buffer, isRoot: boolean, what: string): string | undefined {
   if (isRoot)
     return path.length === 0 ? undefined : 'the first entry must be the root (empty path)';
   if (path.length === 0) return `${what} is empty`;
@@ -298,9 +300,10 @@ export function decodeManifest(buf: Buffer): Manifest {
       switch (type) {
         case 'file': {
           e.size = r.varint();
-          const nseg = r.varint();
+          const sparse = r.varint();
           let expected = e.size;
-          if (nseg > 0) {
+          if (sparse > 0) {
+            const nseg = sparse - 1;
             if (nseg > buf.length) bad('bad segment count');
             e.segments = [];
             expected = 0;
