@@ -93,6 +93,8 @@ export async function importFile(
     const size = statSync(opts.file).size;
     // Fixed attributes: the same file gives the same image (id) whenever it is imported.
     const now = 0n;
+    // The root carries an xattr no filesystem can hold (no namespace prefix), so an opaque
+    // image never has the id of a captured tree that happens to contain the same file.
     const root: Entry = {
       path: Buffer.alloc(0),
       type: 'dir',
@@ -101,7 +103,7 @@ export async function importFile(
       gid: 0,
       mtimeNs: now,
       size: 0,
-      xattrs: [],
+      xattrs: [[Buffer.from(OPAQUE_XATTR), Buffer.from(format.name)]],
     };
     const payload: Entry = {
       path: Buffer.from(opaquePayloadName(format)),
@@ -137,6 +139,9 @@ export async function importFile(
   });
   return { ...r, format: format.name };
 }
+
+/** Marks the root of an opaque image; not a valid Linux xattr name, so capture never sees it. */
+export const OPAQUE_XATTR = 'reimage.opaque-format';
 
 export function opaquePayloadName(format: ImageFormat): string {
   return `payload${format.extensions[0] ?? ''}`;

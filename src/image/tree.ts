@@ -119,6 +119,13 @@ export async function importTree(
       if (problem) refuse(te.entry.path, problem);
       const key = e.path.toString('latin1');
       if (byPath.has(key)) refuse(e.path, 'the archive holds this path twice');
+      if (e.type === 'hardlink') {
+        // As in tar: a hard link names a file that came before it in the archive.
+        const t = byPath.get(e.target!.toString('latin1'));
+        if (!t || (t.type !== 'file' && t.type !== 'hardlink')) {
+          refuse(e.path, 'hard link to a path that is not a regular file earlier in the archive');
+        }
+      }
       if (e.type === 'file') {
         const hashes: Buffer[] = [];
         const lengths: number[] = [];
@@ -131,7 +138,23 @@ export async function importTree(
           pending.add(k);
           frames.add(h, chunk);
         });
-        await consume(e, te.data, (b) => chunker.push(b));
+        // Each data region is chunked on its own, so that no chunk crosses a hole.
+        const regions = e.segments ? e.segments.map(([, len]) => len) : [dataLength(e)];
+        let r = 0;
+        let left = regions[0] ?? 0;
+        await consume(e, te.data, (b) => {
+          let off = 0;
+          while (off < b.length) {
+            while (left === 0 && r + 1 < regions.length) {
+              chunker.end();
+              left = regions[++r]!;
+            }
+            const n = Math.min(b.length - off, left);
+            chunker.push(b.subarray(off, off + n));
+            off += n;
+            left -= n;
+          }
+        });
         chunker.end();
         e.chunks = Buffer.concat(hashes);
         e.lengths = lengths;
