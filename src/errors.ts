@@ -122,6 +122,16 @@ export class ReimageError extends Error {
   }
 }
 
+/**
+ * Also recognizes errors from another copy of this module (a format plugin with its own
+ * node_modules): by name and a known code, not by class identity.
+ */
 export function isReimageError(e: unknown, code?: ErrorCode): e is ReimageError {
-  return e instanceof ReimageError && (code === undefined || e.code === code);
+  const known =
+    e instanceof ReimageError ||
+    (e instanceof Error &&
+      e.name === 'ReimageError' &&
+      typeof (e as { code?: unknown }).code === 'string' &&
+      (e as unknown as { code: string }).code in errorCodes);
+  return known && (code === undefined || (e as ReimageError).code === code);
 }

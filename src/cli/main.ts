@@ -818,8 +818,9 @@ export async function main(argv: string[]): Promise<number> {
       return e.exitCode === 0 ? 0 : errorCodes.USAGE.exit;
     }
     if (isReimageError(e)) {
+      const exit = errorCodes[e.code].exit;
       // A command that already printed its JSON document (verify's report) marks the error as reported.
-      const reported = e.details.reported === true;
+      const reported = e.details?.reported === true;
       if (json && !reported) {
         process.stdout.write(
           JSON.stringify(
@@ -833,7 +834,7 @@ export async function main(argv: string[]): Promise<number> {
         process.stderr.write(`reimage: ${e.code}: ${e.message}\n`);
         if (e.code !== 'CANCELLED') process.stderr.write(`  ${errorCodes[e.code].help}\n`);
       }
-      return e.exitCode;
+      return exit;
     }
     process.stderr.write(
       `reimage: internal error (a bug; please report it): ${(e as Error)?.stack ?? String(e)}\n`,

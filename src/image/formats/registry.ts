@@ -18,8 +18,13 @@ export async function loadFormats(pluginPaths: readonly string[] = []): Promise<
     async () => [(await import('./wim/index.js')).wimFormat],
     async () => [(await import('./squashfs/index.js')).squashfsFormat],
   ];
-  for (const load of builtins) {
-    for (const f of await load()) registry.register(f);
+  for (const [i, load] of builtins.entries()) {
+    try {
+      for (const f of await load()) registry.register(f);
+    } catch (e) {
+      // A broken built-in is reported by `reimage formats`; the others keep working.
+      registry.register(brokenFormat(`builtin-${i}`, (e as Error).message));
+    }
   }
   for (const p of pluginPaths) {
     let mod: Record<string, unknown>;
@@ -48,4 +53,29 @@ export async function loadFormats(pluginPaths: readonly string[] = []): Promise<
     }
   }
   return registry;
+}
+
+function brokenFormat(name: string, why: string): ImageFormat {
+  const fail = (): never => {
+    throw new ReimageError('FORMAT_UNAVAILABLE', `format ${name} failed to load: ${why}`);
+  };
+  return {
+    name,
+    extensions: [],
+    description: 'a built-in format that failed to load',
+    capabilities: {
+      owners: false,
+      xattrs: false,
+      hardlinks: false,
+      devices: false,
+      fifos: false,
+      sparse: false,
+      mtimeNs: false,
+      rawNames: false,
+    },
+    unavailable: () => Promise.resolve(`failed to load: ${why}`),
+    probe: () => Promise.resolve(false),
+    read: () => fail(),
+    write: () => Promise.resolve(fail()),
+  };
 }
