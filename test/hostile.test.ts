@@ -143,6 +143,45 @@ const cases: Array<[string, () => Entry[], ErrorCode, RegExp]> = [
     'MANIFEST_INVALID',
     /mode/,
   ],
+  [
+    'sparse regions that touch',
+    () => {
+      const n = fileEntry.size;
+      const half = Math.floor(n / 2);
+      return [
+        root,
+        file('f', {
+          size: n + 10,
+          segments: [
+            [0, half],
+            [half, n - half],
+          ],
+        }),
+      ];
+    },
+    'MANIFEST_INVALID',
+    /touch/,
+  ],
+  [
+    'a chunk that crosses from one sparse region into the next',
+    () => {
+      const n = fileEntry.lengths![0]!;
+      return [
+        root,
+        file('f', {
+          chunks: fileEntry.chunks!.subarray(0, 32),
+          lengths: [n],
+          size: n + 100,
+          segments: [
+            [0, n - 10],
+            [n + 50, 10],
+          ],
+        }),
+      ];
+    },
+    'MANIFEST_INVALID',
+    /crosses/,
+  ],
   // The manifest is self-consistent, but the chunk it names has another length in the store.
   [
     'a chunk length that disagrees with the stored chunk',

@@ -467,7 +467,15 @@ export function buildProgram(): Command {
   ).action(async (refs: string[], o: Common & { allVersions?: boolean }) => {
     const store = openStore(o);
     const lib = new ImageLibrary(store);
-    const lock = await store.lock('shared', 'image delete');
+    // Exclusive: no capture may re-use the image while its record goes, and no update may
+    // write the record back after it is gone.
+    const lock = await store.lock('exclusive', 'image delete', {
+      waitMs: 60_000,
+      onWait: (h) =>
+        process.stderr.write(
+          `waiting for ${h.map((x) => `${x.purpose} (pid ${x.pid})`).join(', ')}…\n`,
+        ),
+    });
     const deleted: string[] = [];
     try {
       // Resolve everything first: a bad name changes nothing.
@@ -522,24 +530,32 @@ export function buildProgram(): Command {
         're-sign with this ed25519 private key (a signature covers the properties)',
       ),
   ).action(
-    (
+    async (
       ref: string,
       o: Common & { description?: string; property?: string[]; unset?: string[]; signKey?: string },
     ) => {
-      const lib = new ImageLibrary(openStore(o));
-      const rec = lib.resolve(ref);
+      const store = openStore(o);
+      const lib = new ImageLibrary(store);
       const key = o.signKey ? readKeyFile(o.signKey, 'private') : undefined;
-      const props = setProperties(
-        { ...rec.properties, custom: { ...rec.properties.custom } },
-        parseProperties(o.property),
-      );
-      if (o.description !== undefined) props.description = o.description;
-      for (const k of o.unset ?? []) delete props.custom[k];
-      rec.properties = props;
-      const hadSignature = !!rec.signature;
-      delete rec.signature;
-      if (key) rec.signature = signRecord(rec, key);
-      lib.putRecord(rec);
+      const lock = await store.lock('shared', 'image update');
+      let rec: ImageRecord;
+      let hadSignature = false;
+      try {
+        rec = lib.resolve(ref);
+        const props = setProperties(
+          { ...rec.properties, custom: { ...rec.properties.custom } },
+          parseProperties(o.property),
+        );
+        if (o.description !== undefined) props.description = o.description;
+        for (const k of o.unset ?? []) delete props.custom[k];
+        rec.properties = props;
+        hadSignature = !!rec.signature;
+        delete rec.signature;
+        if (key) rec.signature = signRecord(rec, key);
+        lib.putRecord(rec);
+      } finally {
+        lock.release();
+      }
       if (hadSignature && !key)
         process.stderr.write(
           'warning: the image was signed; its signature no longer matches and was removed (re-sign with --sign-key)\n',
@@ -553,12 +569,20 @@ export function buildProgram(): Command {
       .command('sign')
       .argument('<image>', 'name or id')
       .requiredOption('--key <file>', 'ed25519 private key (PEM)'),
-  ).action((ref: string, o: Common & { key: string }) => {
-    const lib = new ImageLibrary(openStore(o));
-    const rec = lib.resolve(ref);
-    lib.loadManifest(rec.id); // only sign what hashes to its id
-    rec.signature = signRecord(rec, readKeyFile(o.key, 'private'));
-    lib.putRecord(rec);
+  ).action(async (ref: string, o: Common & { key: string }) => {
+    const store = openStore(o);
+    const lib = new ImageLibrary(store);
+    const key = readKeyFile(o.key, 'private');
+    const lock = await store.lock('shared', 'image sign');
+    let rec: ImageRecord;
+    try {
+      rec = lib.resolve(ref);
+      lib.loadManifest(rec.id); // only sign what hashes to its id
+      rec.signature = signRecord(rec, key);
+      lib.putRecord(rec);
+    } finally {
+      lock.release();
+    }
     out(
       o,
       { image: rec.id, signature: rec.signature },

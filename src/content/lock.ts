@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import {
+  existsSync,
   mkdirSync,
   readdirSync,
   readFileSync,
@@ -36,6 +37,8 @@ const REFRESH_MS = 60 * 1000;
 
 export interface HeldLock {
   release(): void;
+  /** Throws STORE_BUSY if the lock file was removed (declared abandoned) since it was taken. */
+  check(): void;
 }
 
 export interface LockHolder {
@@ -93,9 +96,10 @@ export function lockHolders(dir: string, except?: string): LockHolder[] {
       });
       continue;
     }
+    // On this host, only a dead process abandons a lock (a stopped or suspended one still
+    // holds it); another host's lock is abandoned when it has not been refreshed for a while.
     const stale =
-      (lf.host === hostname() && !alive(lf.pid)) ||
-      Date.now() - Date.parse(lf.refreshed) > STALE_MS;
+      lf.host === hostname() ? !alive(lf.pid) : Date.now() - Date.parse(lf.refreshed) > STALE_MS;
     if (stale) {
       rmSync(file, { force: true });
       continue;
@@ -133,6 +137,8 @@ export async function acquireLock(
     if (conflicts.length === 0) {
       const timer = setInterval(() => {
         body.refreshed = new Date().toISOString();
+        // Never bring back a lock that someone declared abandoned: check() reports it.
+        if (!existsSync(file)) return;
         try {
           // Rename over the lock, never rewrite it in place: a reader must never see it empty.
           const tmp = join(dir, `.${name}.refresh`);
@@ -147,6 +153,14 @@ export async function acquireLock(
         release() {
           clearInterval(timer);
           rmSync(file, { force: true });
+        },
+        check() {
+          if (!existsSync(file)) {
+            throw new ReimageError(
+              'STORE_BUSY',
+              `our ${kind} lock on the store (${purpose}) was removed as abandoned; nothing was recorded`,
+            );
+          }
         },
       };
     }

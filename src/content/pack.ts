@@ -1,4 +1,5 @@
-import { Compressor } from 'zstd-napi';
+import { Compressor, type Decompressor } from 'zstd-napi';
+import zstdBinding from 'zstd-napi/binding.js';
 import { HASH_BYTES } from './digest.js';
 import { ReimageError } from '../errors.js';
 import { createHash } from 'node:crypto';
@@ -153,4 +154,32 @@ export function decodeIndex(
     visit(hash, frameOffset, frameLength, offset, length);
   }
   return count;
+}
+
+/** Largest raw frame a writer makes (a frame is cut once it passes FRAME_TARGET). */
+export const MAX_FRAME_RAW = FRAME_TARGET + MAX_CHUNK_BYTES;
+
+/**
+ * Decompresses one zstd frame whose header must declare its size, and refuses a frame that
+ * claims more than `max` bytes: a hostile store must not make us allocate gigabytes.
+ */
+export function decompressBounded(
+  dz: Decompressor,
+  data: Uint8Array,
+  max: number,
+  what: string,
+): Buffer {
+  let size: number | null;
+  try {
+    size = zstdBinding.getFrameContentSize(data);
+  } catch (e) {
+    throw new ReimageError('PACK_CORRUPT', `${what} is not a zstd frame`, { cause: e });
+  }
+  if (size === null || size > max) {
+    throw new ReimageError(
+      'PACK_CORRUPT',
+      `${what} claims ${size === null ? 'an unknown size' : `${size} bytes`} (at most ${max} allowed)`,
+    );
+  }
+  return dz.decompress(data);
 }

@@ -16,7 +16,7 @@ import {
 import { createHash, randomUUID, type Hash } from 'node:crypto';
 import { join } from 'node:path';
 import { ReimageError } from '../errors.js';
-import { HASH_BYTES, hashKey } from './digest.js';
+import { HASH_BYTES, hashKey, isHexId } from './digest.js';
 import {
   decodeIndex,
   encodeIndex,
@@ -46,6 +46,7 @@ export const STORE_VERSION = 1;
 /** A pack is closed once it holds this much compressed data. */
 export const PACK_TARGET = 256 * 1024 * 1024;
 const FLUSH_EVERY = 16 * 1024 * 1024;
+const PACK_FILE = /^([0-9a-f]{64})\.(pack|idx)$/;
 
 export interface StoreInfo {
   format: string;
@@ -112,17 +113,39 @@ export class ContentStore {
     const out: string[] = [];
     const top = join(this.root, 'packs');
     for (const d of safeReaddir(top)) {
+      if (!/^[0-9a-f]{2}$/.test(d)) continue; // e.g. .DS_Store left by a file share
       for (const f of safeReaddir(join(top, d))) {
-        if (f.endsWith('.idx')) out.push(f.slice(0, -4));
+        if (PACK_FILE.test(f) && f.endsWith('.idx')) out.push(f.slice(0, -4));
       }
     }
     return out.sort();
+  }
+
+  /** Pack files without an index, and leftover temporary files, in packs/ (gc only). */
+  strayPackFiles(): string[] {
+    const out: string[] = [];
+    const top = join(this.root, 'packs');
+    const indexed = new Set(this.listPacks());
+    for (const d of safeReaddir(top)) {
+      if (!/^[0-9a-f]{2}$/.test(d)) continue;
+      for (const f of safeReaddir(join(top, d))) {
+        const m = PACK_FILE.exec(f);
+        if ((m && m[2] === 'pack' && !indexed.has(m[1]!)) || f.includes('.tmp-'))
+          out.push(join(top, d, f));
+      }
+    }
+    return out;
   }
 
   /** Loads the indexes of the given packs (all packs by default) into one lookup table. */
   loadIndex(packIds: string[] = this.listPacks()): ChunkIndex {
     const index = new ChunkIndex();
     for (const id of packIds) {
+      if (!isHexId(id)) {
+        throw new ReimageError('PACK_CORRUPT', `${JSON.stringify(id)} is not a pack id`, {
+          details: { pack: id },
+        });
+      }
       const packNo = index.addPack(id, this.packPath(id));
       let buf: Buffer;
       let size: number;
@@ -495,7 +518,8 @@ function safeReaddir(dir: string): string[] {
   try {
     return readdirSync(dir);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return [];
     throw e;
   }
 }

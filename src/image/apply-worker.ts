@@ -7,6 +7,7 @@ import { closeSync, constants, fchmodSync, fchownSync, ftruncateSync, openSync }
 import { createHash } from 'node:crypto';
 import { Decompressor } from 'zstd-napi';
 import { PackReader, writeAll } from '../content/store.js';
+import { decompressBounded, MAX_FRAME_RAW } from '../content/pack.js';
 import { futimensNs, setXattr } from './posix.js';
 import type { PoolReply, PoolRequest } from './pool.js';
 
@@ -68,7 +69,7 @@ function main(): void {
     }
     const z = packs.readFrame(pack, off, len);
     try {
-      raw = dz.decompress(z);
+      raw = decompressBounded(dz, z, MAX_FRAME_RAW, `frame at ${off}`);
     } catch (e) {
       throw new Failure(
         'CHUNK_CORRUPT',
@@ -127,8 +128,6 @@ function main(): void {
       }
       if (j.segments) ftruncateSync(fd, j.size);
       if (data.owners) fchownSync(fd, j.uid, j.gid);
-      // After chown, which clears setuid/setgid bits and file capabilities.
-      fchmodSync(fd, j.mode);
       for (const [name, value] of j.xattrs) {
         try {
           setXattr(path, Buffer.from(name), value);
@@ -143,6 +142,9 @@ function main(): void {
           });
         }
       }
+      // After chown (which clears setuid/setgid bits) and after the xattrs (a read-only mode
+      // would stop them when not root).
+      fchmodSync(fd, j.mode);
       futimensNs(fd, j.mtimeNs, j.mtimeNs);
     } finally {
       closeSync(fd);

@@ -268,7 +268,10 @@ function applyOther(target: string, e: Entry, owners: boolean, warn: (w: Warning
   setMeta(path, e, owners, warn, e.type !== 'symlink');
 }
 
-/** Owner, then mode (chown clears setuid bits), then xattrs (chown clears capabilities), then times. */
+/**
+ * Owner first (chown clears setuid bits and capabilities), then xattrs (before chmod, so a
+ * read-only mode does not stop them when not root), then mode, then times.
+ */
 export function setMeta(
   path: Buffer,
   e: Entry,
@@ -278,7 +281,6 @@ export function setMeta(
 ): void {
   try {
     if (owners) lchownSync(path, e.uid, e.gid);
-    if (chmod) chmodSync(path, e.mode);
     for (const [name, value] of e.xattrs) {
       try {
         setXattr(path, name, value);
@@ -291,6 +293,7 @@ export function setMeta(
         });
       }
     }
+    if (chmod) chmodSync(path, e.mode);
     utimensNs(path, e.mtimeNs, e.mtimeNs);
   } catch (err) {
     throw new ReimageError(

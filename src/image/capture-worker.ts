@@ -74,7 +74,7 @@ function main(): void {
     length: number,
     hashes: Buffer[],
     lengths: number[],
-  ): boolean => {
+  ): number => {
     let filled = 0;
     let pos = 0;
     let off = start;
@@ -82,7 +82,11 @@ function main(): void {
     for (;;) {
       while (filled < buf.length && remaining > 0) {
         const n = readSync(fd, buf, filled, Math.min(buf.length - filled, remaining), off);
-        if (n === 0) return false; // shrank under us
+        if (n === 0) {
+          // Shrank under us: what was read is chunked as the end of the region.
+          remaining = 0;
+          break;
+        }
         filled += n;
         off += n;
         remaining -= n;
@@ -103,7 +107,7 @@ function main(): void {
         post({ type: 'progress', bytes: unreported });
         unreported = 0;
       }
-      if (eof && pos === filled) return true;
+      if (eof && pos === filled) return off - start;
       buf.copy(buf, 0, pos, filled);
       filled -= pos;
       pos = 0;
@@ -137,8 +141,17 @@ function main(): void {
       const hashes: Buffer[] = [];
       const lengths: number[] = [];
       let whole = true;
+      // The regions as read: a file that shrank keeps only what was there (and a consistent
+      // manifest: chunk lengths always add up to the regions).
+      const read: Array<[number, number]> = [];
       for (const [start, len] of regions) {
-        if (len > 0 && !readRegion(fd, start, len, hashes, lengths)) whole = false;
+        if (len === 0) continue;
+        const got = readRegion(fd, start, len, hashes, lengths);
+        if (got > 0) read.push([start, got]);
+        if (got < len) {
+          whole = false;
+          break;
+        }
       }
       // Grown since the walk? One byte past the end tells, cheaper than another fstat.
       const grown = readSync(fd, probe, 0, 1, t.size) > 0;
@@ -149,7 +162,7 @@ function main(): void {
         i: t.i,
         chunks,
         lengths,
-        segments: sparse ? regions : undefined,
+        segments: sparse ? read : undefined,
         changed: !whole || grown,
       });
       transfer.push(chunks.buffer);

@@ -124,10 +124,11 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
     const walker = new Walker(source, store.root, opts, warn, parent, meter);
     // Workers start with the first file to read: an unchanged re-capture needs none.
     let pool: Promise<Map<number, string>> | undefined;
+    let poolFailure: { e: unknown } | undefined;
     const startPool = () => {
       if (pool) return;
       pool = runWorkers(queue, walker.entries, known, session!, opts, meter, warn);
-      pool.catch(() => {}); // observed below; avoid an unhandled rejection while walking
+      pool.catch((e: unknown) => (poolFailure ??= { e })); // stops the walk below
     };
     let pending: FileTask[] = [];
     let pendingBytes = 0;
@@ -146,6 +147,7 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
           }
         });
         checkAborted(opts.signal);
+        if (poolFailure) throw poolFailure.e;
         meter.tick();
         await new Promise<void>((r) => setImmediate(r));
       }
@@ -164,6 +166,7 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
 
     // 4. Manifest, id, record.
     meter.setPhase('commit');
+    lock.check();
     const { record, created } = await recordImage({
       lib,
       session,

@@ -59,6 +59,17 @@ export async function collectGarbage(
         }
       }
     }
+    for (const f of store.strayPackFiles()) {
+      let size = 0;
+      try {
+        size = statSync(f).size;
+      } catch {
+        /* gone */
+      }
+      if (!opts.dryRun) rmSync(f, { force: true });
+      res.bytesFreed += size;
+      res.tmpRemoved++;
+    }
     for (const id of store.listPacks()) {
       if (live.has(id)) {
         res.packsKept++;

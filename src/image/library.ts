@@ -9,6 +9,10 @@ import {
 import { Compressor, Decompressor } from 'zstd-napi';
 import { ReimageError } from '../errors.js';
 import { isHexId, sha256Hex } from '../content/digest.js';
+import { decompressBounded } from '../content/pack.js';
+
+/** A manifest larger than this is refused (about ten million entries). */
+const MAX_MANIFEST_BYTES = 1024 * 1024 * 1024;
 import type { ContentStore } from '../content/store.js';
 import { decodeManifest } from './formats/native/v1/manifest-codec.js';
 import type { Manifest } from './manifest.js';
@@ -208,7 +212,12 @@ export class ImageLibrary {
     }
     let bytes: Buffer;
     try {
-      bytes = new Decompressor().decompress(z);
+      bytes = decompressBounded(
+        new Decompressor(),
+        z,
+        MAX_MANIFEST_BYTES,
+        `the manifest of image ${id}`,
+      );
     } catch (e) {
       throw new ReimageError(
         'MANIFEST_HASH_MISMATCH',

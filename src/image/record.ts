@@ -26,12 +26,11 @@ export async function recordImage(opts: {
   signKey?: KeyObject | undefined;
   imageFormat?: ImageRecord['imageFormat'];
   opaqueFormat?: string;
-  /** Re-check the manifest with the reader's validation (for trees that came from elsewhere). */
-  validate?: boolean;
 }): Promise<{ record: ImageRecord; created: boolean }> {
   const { lib, session, known, entries } = opts;
   const canonical = encodeManifest({ entries });
-  if (opts.validate) decodeManifest(canonical);
+  // The reader's checks, always: an image that could not be applied is never recorded.
+  decodeManifest(canonical);
   const id = sha256Hex(canonical);
   const existing = lib.getRecord(id);
   const committed = await session.commit();

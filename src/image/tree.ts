@@ -17,7 +17,7 @@ import { Decompressor } from 'zstd-napi';
 import { ReimageError } from '../errors.js';
 import { hashKey } from '../content/digest.js';
 import { StreamChunker } from '../content/chunker.js';
-import { FrameBuilder } from '../content/pack.js';
+import { FrameBuilder, decompressBounded, MAX_FRAME_RAW } from '../content/pack.js';
 import { PackReader, writeAll, type ContentStore } from '../content/store.js';
 import { checkPath } from './formats/native/v1/manifest-codec.js';
 import { comparePaths, dataLength, joinPath, parentOf, showPath, type Entry } from './manifest.js';
@@ -96,12 +96,14 @@ export async function importTree(
   const { store } = opts;
   const lib = new ImageLibrary(store);
   const lock = await store.lock('shared', `import ${opts.name}`);
-  const known = store.loadIndex();
-  const session = store.beginSession(known);
+  let session: ReturnType<ContentStore['beginSession']> | undefined;
   try {
+    const known = store.loadIndex();
+    session = store.beginSession(known);
+    const s = session;
     const pending = new Set<string>();
     const frames = new FrameBuilder((f) => {
-      session.addFrame(f);
+      s.addFrame(f);
       pending.clear();
     });
     const byPath = new Map<string, Entry>();
@@ -134,7 +136,7 @@ export async function importTree(
           hashes.push(h);
           lengths.push(chunk.length);
           const k = hashKey(h);
-          if (session.has(h) || pending.has(k)) return;
+          if (s.has(h) || pending.has(k)) return;
           pending.add(k);
           frames.add(h, chunk);
         });
@@ -163,20 +165,20 @@ export async function importTree(
     }
     frames.flush();
     const entries = completeTree(byPath);
+    lock.check();
     const { record, created } = await recordImage({
       lib,
-      session,
+      session: s,
       known,
       entries,
       properties: opts.properties,
-      validate: true,
       imageFormat: opts.imageFormat,
       ...(opts.opaqueFormat ? { opaqueFormat: opts.opaqueFormat } : {}),
     });
     lib.setName(opts.name, record.id);
     return { record, created };
   } catch (e) {
-    await session.abort();
+    await session?.abort();
     throw e;
   } finally {
     lock.release();
@@ -280,7 +282,12 @@ export async function* treeFromImage(store: ContentStore, ref: string): AsyncGen
           if (cached?.key !== key)
             cached = {
               key,
-              raw: dz.decompress(reader.readFrame(loc.pack, loc.frameOffset, loc.frameLength)),
+              raw: decompressBounded(
+                dz,
+                reader.readFrame(loc.pack, loc.frameOffset, loc.frameLength),
+                MAX_FRAME_RAW,
+                `frame at ${loc.frameOffset}`,
+              ),
             };
           const bytes = cached.raw.subarray(loc.offset, loc.offset + e.lengths![c]!);
           if (!createHash('sha256').update(bytes).digest().equals(hash)) {

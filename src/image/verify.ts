@@ -2,6 +2,7 @@ import { createHash, type KeyObject } from 'node:crypto';
 import { Decompressor } from 'zstd-napi';
 import { PackReader, type ContentStore } from '../content/store.js';
 import { hashKey, keyToHex } from '../content/digest.js';
+import { decompressBounded, MAX_FRAME_RAW } from '../content/pack.js';
 import { ImageLibrary, checkSignature, type ImageRecord } from './library.js';
 import { showPath } from './manifest.js';
 import { ProgressMeter, type Progress } from './progress.js';
@@ -86,7 +87,12 @@ export async function verifyImage(opts: {
         let raw: Buffer | undefined;
         let why = '';
         try {
-          raw = dz.decompress(reader.readFrame(f.pack, f.offset, f.length));
+          raw = decompressBounded(
+            dz,
+            reader.readFrame(f.pack, f.offset, f.length),
+            MAX_FRAME_RAW,
+            `frame at ${f.offset}`,
+          );
         } catch (e) {
           why = (e as Error).message;
         }

@@ -311,8 +311,9 @@ export function decodeManifest(buf: Buffer): Manifest {
             for (let s = 0; s < nseg; s++) {
               const off = r.varint();
               const len = r.varint();
-              if (len === 0 || off < end || off + len > e.size)
-                bad('sparse regions overlap or exceed the size');
+              // Strictly apart: adjacent regions would be one region written two ways.
+              if (len === 0 || (s > 0 && off <= end) || off + len > e.size)
+                bad('sparse regions overlap, touch, or exceed the size');
               e.segments.push([off, len]);
               end = off + len;
               expected += len;
@@ -332,6 +333,16 @@ export function decodeManifest(buf: Buffer): Manifest {
           }
           if (total !== expected)
             bad(`its chunks hold ${total} bytes but its size says ${expected}`);
+          if (e.segments) {
+            // Each region is chunked on its own: no chunk may cross from one region into the next.
+            let seg = 0;
+            let left = e.segments[0]?.[1] ?? 0;
+            for (const len of lengths) {
+              while (left === 0 && seg + 1 < e.segments.length) left = e.segments[++seg]![1];
+              if (len > left) bad('a chunk crosses the end of a sparse region');
+              left -= len;
+            }
+          }
           e.chunks = chunks;
           e.lengths = lengths;
           break;
