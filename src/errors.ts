@@ -77,6 +77,10 @@ export const errorCodes = {
     exit: 1,
     help: 'Apply writes into a new or empty directory only, so that nothing in the target can redirect a write. Empty it or choose another.',
   },
+  TARGET_UNSAFE: {
+    exit: 1,
+    help: 'Apply writes into an existing empty directory only when it belongs to the user running the apply (another owner could redirect writes while it runs). Use a new directory, or change its owner.',
+  },
   APPLY_FAILED: {
     exit: 1,
     help: 'Writing the tree failed; the message names the entry and the system error.',

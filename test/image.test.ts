@@ -209,6 +209,22 @@ describe('corruption', () => {
 });
 
 describe('apply refuses targets that could redirect writes', () => {
+  test(
+    'an empty target that belongs to someone else is refused',
+    { skip: !isRoot && 'needs root to give the directory away' },
+    async () => {
+      const storePath = join(work, 'own-store');
+      const store = ContentStore.open(storePath, { create: true });
+      await captureImage({ source: tree, store, name: 'own' });
+      const target = join(work, 'own-target');
+      mkdirSync(target);
+      spawnSync('chown', ['1000:1000', target]);
+      const r = reimage(['image', 'apply', 'own', target, '--store', storePath, '--json']);
+      assert.equal(r.json.error.code, 'TARGET_UNSAFE');
+      assert.deepEqual(readdirSync(target), []);
+    },
+  );
+
   test('a non-empty target is refused and left as it was', async () => {
     const storePath = join(work, 'ne-store');
     const store = ContentStore.open(storePath, { create: true });

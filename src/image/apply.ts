@@ -218,16 +218,28 @@ export function prepareTarget(target: string): 'dir' | 'contents' {
     }
     return 'dir';
   }
-  if (!st.isDirectory() || readdirSync(target).length > 0) {
-    throw new ReimageError(
-      'TARGET_NOT_EMPTY',
-      `${target} is ${st.isDirectory() ? 'not empty' : 'not a directory'}`,
-      {
-        details: { target },
-      },
-    );
+  if (st.isDirectory() && readdirSync(target).length === 0) {
+    // Nobody else may create entries in it while we work: ours, and closed to others.
+    const me = process.getuid?.();
+    if (me !== undefined && st.uid !== me) {
+      throw new ReimageError(
+        'TARGET_UNSAFE',
+        `${target} belongs to uid ${st.uid}, not to us (uid ${me})`,
+        {
+          details: { target },
+        },
+      );
+    }
+    chmodSync(target, 0o700);
+    return 'contents';
   }
-  return 'contents';
+  throw new ReimageError(
+    'TARGET_NOT_EMPTY',
+    `${target} is ${st.isDirectory() ? 'not empty' : 'not a directory'}`,
+    {
+      details: { target },
+    },
+  );
 }
 
 function applyOther(target: string, e: Entry, owners: boolean, warn: (w: Warning) => void): void {

@@ -528,7 +528,8 @@ async function runWorkers(
           break;
         case 'file-error': {
           failed.set(m.i, `${m.code}: ${m.message}`);
-          if (!opts.skipUnreadable) {
+          // A file deleted between the walk and its read (a live system): as if it never was.
+          if (!opts.skipUnreadable && m.code !== 'ENOENT') {
             const path = showPath(entries[m.i]!.path);
             throw new ReimageError('SOURCE_UNREADABLE', `cannot read ${path}: ${m.message}`, {
               details: { path, code: m.code },
@@ -563,6 +564,14 @@ function dropFailed(
     const why = failed.get(i);
     if (why !== undefined) {
       gone.add(e.path.toString('latin1'));
+      if (why.startsWith('ENOENT')) {
+        warn({
+          code: 'FILE_VANISHED',
+          path: showPath(e.path),
+          message: `${showPath(e.path)} was deleted while the capture ran; left out`,
+        });
+        return;
+      }
       warn({
         code: 'UNREADABLE_SKIPPED',
         path: showPath(e.path),
