@@ -185,11 +185,7 @@ export async function applyImage(opts: ApplyOptions): Promise<ApplyResult> {
   } catch (e) {
     queue.close();
     await pool?.catch(() => {});
-    if (created === 'dir') rmSync(target, { recursive: true, force: true });
-    else if (created === 'contents') {
-      for (const n of readdirSync(target))
-        rmSync(resolve(target, n), { recursive: true, force: true });
-    }
+    if (created) undoTarget(target, created);
     throw e;
   } finally {
     lock.release();
@@ -201,6 +197,21 @@ export function abs(target: string, rel: Buffer): Buffer {
 }
 
 /** The target must be new or an empty directory: nothing already there can redirect a write. */
+/**
+ * Removes what an apply wrote: the target itself if the apply made it, else its contents.
+ * Never throws, so that the error that made us undo is the one reported.
+ */
+export function undoTarget(target: string, created: 'dir' | 'contents'): void {
+  try {
+    if (created === 'dir') rmSync(target, { recursive: true, force: true });
+    else
+      for (const n of readdirSync(target))
+        rmSync(resolve(target, n), { recursive: true, force: true });
+  } catch {
+    /* best effort: the original error matters more */
+  }
+}
+
 export function prepareTarget(target: string): 'dir' | 'contents' {
   let st;
   try {

@@ -6,9 +6,7 @@ import {
   lstatSync,
   mkdirSync,
   openSync,
-  readdirSync,
   readSync,
-  rmSync,
   symlinkSync,
 } from 'node:fs';
 import { createHash } from 'node:crypto';
@@ -23,7 +21,7 @@ import { checkPath } from './formats/native/v1/manifest-codec.js';
 import { comparePaths, dataLength, joinPath, parentOf, showPath, type Entry } from './manifest.js';
 import { ImageLibrary, checkImageName, type ImageProperties, type ImageRecord } from './library.js';
 import { recordImage } from './record.js';
-import { abs, prepareTarget, setMeta } from './apply.js';
+import { abs, prepareTarget, setMeta, undoTarget } from './apply.js';
 import { majorMinor, mknod, readXattrs, scanDir, ST, STAT_FIELDS } from './posix.js';
 import type { Warning } from './progress.js';
 import type { TreeEntry } from './formats/api.js';
@@ -444,9 +442,7 @@ export async function applyTree(
     for (const d of ordered) setMeta(abs(root, d.path), d, owners, warn, true);
     return { entries: count, bytes };
   } catch (err) {
-    if (created === 'dir') rmSync(root, { recursive: true, force: true });
-    else
-      for (const n of readdirSync(root)) rmSync(resolve(root, n), { recursive: true, force: true });
+    undoTarget(root, created);
     throw err;
   }
 }
