@@ -14,7 +14,7 @@ import {
   writeSync,
 } from 'node:fs';
 import { createHash, randomUUID, type Hash } from 'node:crypto';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ReimageError } from '../errors.js';
 import { HASH_BYTES, hashKey, isHexId } from './digest.js';
 import {
@@ -169,10 +169,11 @@ export class ContentStore {
     return join(this.root, 'objects', kind, name);
   }
 
-  writeObject(kind: string, name: string, data: string | Uint8Array): void {
+  /** Written durably (file and directory fsynced) unless `durable` is false, as for caches. */
+  writeObject(kind: string, name: string, data: string | Uint8Array, durable = true): void {
     const dir = join(this.root, 'objects', kind);
     mkdirSync(dir, { recursive: true });
-    writeAtomic(join(dir, name), data);
+    writeAtomic(join(dir, name), data, durable);
   }
 
   readObject(kind: string, name: string): Buffer | undefined {
@@ -511,6 +512,15 @@ export function writeAtomic(path: string, data: string | Uint8Array, sync = fals
   } catch (e) {
     rmSync(tmp, { force: true });
     throw e;
+  }
+  // The rename itself is durable only once the directory is.
+  if (sync) {
+    const dfd = openSync(dirname(path), 'r');
+    try {
+      fsyncSync(dfd);
+    } finally {
+      closeSync(dfd);
+    }
   }
 }
 

@@ -704,7 +704,7 @@ function writeStatCache(
       ]);
   }
   const c = new Compressor();
-  store.writeObject('statcache', id, c.compress(Buffer.from(JSON.stringify(rows))));
+  store.writeObject('statcache', id, c.compress(Buffer.from(JSON.stringify(rows))), false);
 }
 
 function loadParent(
