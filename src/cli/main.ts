@@ -335,6 +335,7 @@ export function buildProgram(): Command {
           record: rec,
           target,
           devices: !!o.allowDevices,
+          ...(o.owners === false ? { owners: false } : {}),
           onWarning: (w) => process.stderr.write(`warning: ${w.message}\n`),
         });
         out(

@@ -1,5 +1,5 @@
 import { closeSync, mkdtempSync, openSync, rmSync, statSync } from 'node:fs';
-import { tmpdir, hostname } from 'node:os';
+import { hostname } from 'node:os';
 import { basename, join } from 'node:path';
 import { ReimageError } from '../errors.js';
 import { writeAll, type ContentStore } from '../content/store.js';
@@ -159,7 +159,9 @@ async function withPayload<T>(
   rec: ImageRecord,
   fn: (file: string) => Promise<T>,
 ): Promise<T> {
-  const dir = mkdtempSync(join(tmpdir(), 'reimage-opaque-'));
+  // In the store's tmp/ (named like a session, so gc removes it if we are killed): the
+  // payload can be as big as an OS image, too big for a tmpfs /tmp.
+  const dir = mkdtempSync(join(store.root, 'tmp', `${process.pid}-opaque-`));
   try {
     const file = join(dir, 'payload');
     for await (const te of treeFromImage(store, rec.id)) {
@@ -211,6 +213,8 @@ export async function applyOpaque(opts: {
   record: ImageRecord;
   target: string;
   devices?: boolean;
+  /** set owners (default: when root) */
+  owners?: boolean;
   onWarning?: (w: Warning) => void;
 }): Promise<{ entries: number; bytes: number }> {
   const format = await pickFormat(opts.registry, '', opts.record.opaqueFormat);
@@ -219,6 +223,7 @@ export async function applyOpaque(opts: {
     return await withPayload(opts.store, opts.record, (file) =>
       applyTree(format.read(file), opts.target, {
         devices: !!opts.devices,
+        ...(opts.owners !== undefined ? { owners: opts.owners } : {}),
         ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
       }),
     );
