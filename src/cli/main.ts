@@ -183,15 +183,7 @@ export function buildProgram(): Command {
       )
       .option('--workers <n>', 'worker threads (default: one per core)', (v) => parseInt(v, 10)),
   ).action(async (source: string, o: Common & Record<string, unknown>) => {
-    const store = (() => {
-      const path = o.store ?? process.env.REIMAGE_STORE;
-      if (!path)
-        throw new ReimageError(
-          'USAGE',
-          'no content store given: pass --store PATH or set REIMAGE_STORE',
-        );
-      return ContentStore.open(path, { create: true });
-    })();
+    const store = openStore(o, true); // the first capture or import creates the store
     const view = progressView(o.progress ?? 'auto', !!o.json);
     const c = cancellable();
     try {
@@ -631,15 +623,7 @@ export function buildProgram(): Command {
         formatPlugin?: string[];
       },
     ) => {
-      const store = (() => {
-        const path = o.store ?? process.env.REIMAGE_STORE;
-        if (!path)
-          throw new ReimageError(
-            'USAGE',
-            'no content store given: pass --store PATH or set REIMAGE_STORE',
-          );
-        return ContentStore.open(path, { create: true });
-      })();
+      const store = openStore(o, true); // the first capture or import creates the store
       const registry = await loadFormats(pluginPaths(o));
       const props = parseProperties(o.property);
       const res = await importFile({
