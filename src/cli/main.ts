@@ -62,6 +62,13 @@ function readKeyFile(file: string, kind: 'private' | 'public') {
   return kind === 'private' ? loadPrivateKey(pem, file) : loadPublicKey(pem, file);
 }
 
+/** The option every command that reads or writes third-party formats takes. */
+const FORMAT_PLUGIN_OPTION = [
+  '--format-plugin <path>',
+  'load an image-format plugin (module path); repeatable',
+  collect,
+] as const;
+
 /** --format-plugin flags, else REIMAGE_FORMAT_PLUGINS (colon-separated). */
 function pluginPaths(o: { formatPlugin?: string[] }): string[] {
   if (o.formatPlugin?.length) return o.formatPlugin;
@@ -298,11 +305,7 @@ export function buildProgram(): Command {
         '--allow-devices',
         'opaque third-party images: create the device nodes they hold (refused by default)',
       )
-      .option(
-        '--format-plugin <path>',
-        'load an image-format plugin (module path); repeatable',
-        collect,
-      ),
+      .option(...FORMAT_PLUGIN_OPTION),
   ).action(
     async (
       ref: string,
@@ -605,11 +608,7 @@ export function buildProgram(): Command {
         'property (os, version, arch, or any key); repeatable',
         collect,
       )
-      .option(
-        '--format-plugin <path>',
-        'load an image-format plugin (module path); repeatable',
-        collect,
-      ),
+      .option(...FORMAT_PLUGIN_OPTION),
   ).action(
     async (
       file: string,
@@ -655,11 +654,7 @@ export function buildProgram(): Command {
         'tar, tar.gz, tar.zst, wim, squashfs, or a plugin format',
       )
       .requiredOption('-o, --output <file>', 'file to write (must not exist)')
-      .option(
-        '--format-plugin <path>',
-        'load an image-format plugin (module path); repeatable',
-        collect,
-      ),
+      .option(...FORMAT_PLUGIN_OPTION),
   ).action(
     async (
       ref: string,
@@ -689,11 +684,7 @@ export function buildProgram(): Command {
     program
       .command('formats')
       .description('image formats: which are usable here and what each keeps')
-      .option(
-        '--format-plugin <path>',
-        'load an image-format plugin (module path); repeatable',
-        collect,
-      ),
+      .option(...FORMAT_PLUGIN_OPTION),
     false,
   ).action(async (o: Common & { formatPlugin?: string[] }) => {
     const registry = await loadFormats(pluginPaths(o));

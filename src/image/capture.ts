@@ -16,7 +16,7 @@ import { Compressor, Decompressor } from 'zstd-napi';
 import { ReimageError } from '../errors.js';
 import type { ContentStore, ChunkIndex } from '../content/store.js';
 import type { Frame } from '../content/pack.js';
-import { joinPath, showPath, type Entry } from './manifest.js';
+import { hardlinkEntry, joinPath, showPath, type Entry } from './manifest.js';
 import { ImageLibrary, checkImageName, type ImageProperties, type ImageRecord } from './library.js';
 import { recordImage } from './record.js';
 import { majorMinor, readXattrs, scanDir, ST, STAT_FIELDS, type ScanResult } from './posix.js';
@@ -372,17 +372,7 @@ class Walker {
         const key = `${st.dev}:${st.ino}`;
         const first = this.links.get(key);
         if (first) {
-          this.entries.push({
-            path: rel,
-            type: 'hardlink',
-            mode: 0,
-            uid: 0,
-            gid: 0,
-            mtimeNs: 0n,
-            size: 0,
-            xattrs: [],
-            target: first,
-          });
+          this.entries.push(hardlinkEntry(rel, first));
           return;
         }
         this.links.set(key, rel);

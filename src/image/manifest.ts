@@ -95,3 +95,18 @@ export function dataLength(e: Entry): number {
 export function chunkCount(e: Entry): number {
   return e.chunks ? e.chunks.length / 32 : 0;
 }
+
+/** A hard-link entry: another name for `target`, an earlier file entry; it has no attributes of its own. */
+export function hardlinkEntry(path: Buffer, target: Buffer): Entry {
+  return {
+    path,
+    type: 'hardlink',
+    mode: 0,
+    uid: 0,
+    gid: 0,
+    mtimeNs: 0n,
+    size: 0,
+    xattrs: [],
+    target,
+  };
+}

@@ -18,7 +18,15 @@ import { StreamChunker } from '../content/chunker.js';
 import { FrameBuilder, decompressBounded, MAX_FRAME_RAW } from '../content/pack.js';
 import { PackReader, writeAll, type ContentStore } from '../content/store.js';
 import { checkPath } from './formats/native/v1/manifest-codec.js';
-import { comparePaths, dataLength, joinPath, parentOf, showPath, type Entry } from './manifest.js';
+import {
+  comparePaths,
+  dataLength,
+  hardlinkEntry,
+  joinPath,
+  parentOf,
+  showPath,
+  type Entry,
+} from './manifest.js';
 import { ImageLibrary, checkImageName, type ImageProperties, type ImageRecord } from './library.js';
 import { recordImage } from './record.js';
 import { abs, prepareTarget, setMeta, undoTarget } from './apply.js';
@@ -233,16 +241,7 @@ function completeTree(byPath: Map<string, Entry>): Entry[] {
     const { path } = first;
     Object.assign(first, { ...content, path });
     delete first.target;
-    Object.assign(content, {
-      type: 'hardlink',
-      mode: 0,
-      uid: 0,
-      gid: 0,
-      mtimeNs: 0n,
-      size: 0,
-      xattrs: [],
-      target: path,
-    });
+    Object.assign(content, hardlinkEntry(content.path, path));
     delete content.chunks;
     delete content.lengths;
     delete content.segments;
@@ -503,19 +502,7 @@ export async function* treeFromDirectory(dir: string): AsyncGenerator<TreeEntry>
         const k = `${st[b + ST.dev]}:${st[b + ST.ino]}`;
         const first = links.get(k);
         if (first) {
-          yield {
-            entry: {
-              path: rel,
-              type: 'hardlink',
-              mode: 0,
-              uid: 0,
-              gid: 0,
-              mtimeNs: 0n,
-              size: 0,
-              xattrs: [],
-              target: first,
-            },
-          };
+          yield { entry: hardlinkEntry(rel, first) };
           continue;
         }
         links.set(k, rel);

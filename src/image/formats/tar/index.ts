@@ -7,7 +7,7 @@ import tarStream from 'tar-stream';
 import { CompressStream, DecompressStream } from 'zstd-napi';
 import zstdBinding from 'zstd-napi/binding.js';
 import { ReimageError } from '../../../errors.js';
-import { showPath, type Entry } from '../../manifest.js';
+import { hardlinkEntry, showPath, type Entry } from '../../manifest.js';
 import type { FormatCapabilities, ImageFormat, ReadOptions, TreeEntry } from '../api.js';
 
 /**
@@ -514,19 +514,7 @@ async function toTreeEntry(
       entry.target = Buffer.from(link);
       return { entry };
     case 'link':
-      return {
-        entry: {
-          path,
-          type: 'hardlink',
-          mode: 0,
-          uid: 0,
-          gid: 0,
-          mtimeNs: 0n,
-          size: 0,
-          xattrs: [],
-          target: Buffer.from(link),
-        },
-      };
+      return { entry: hardlinkEntry(path, Buffer.from(link)) };
     case 'character-device':
     case 'block-device':
       entry.type = h.type === 'character-device' ? 'char' : 'block';
