@@ -3,7 +3,8 @@ import { errorCodes } from './errors.js';
 /** docs/errors.md, generated from the registry (`npm run docs`); a test fails when they drift. */
 export function renderErrorsDoc(): string {
   const rows = Object.entries(errorCodes).map(
-    ([code, e]) => `| \`${code}\` | ${e.exit} | ${e.help.replace(/\|/g, '\\|')} |`,
+    ([code, e]) =>
+      `| \`${code}\` | ${e.exit} | ${'http' in e ? e.http : ''} | ${e.help.replace(/\|/g, '\\|')} |`,
   );
   return [
     '# Error codes',
@@ -12,8 +13,8 @@ export function renderErrorsDoc(): string {
     'Every error reimage reports carries one of these codes (in `--json` output: `error.code`).',
     'Codes never change meaning and are never reused. Scripts branch on the code, never on the message.',
     '',
-    '| code | exit status | what it means and what to do |',
-    '| --- | --- | --- |',
+    '| code | exit status | HTTP status | what it means and what to do |',
+    '| --- | --- | --- | --- |',
     ...rows,
     '',
     'Exit status 70 is an internal error (a bug): please report it with the command and its output.',

@@ -101,6 +101,106 @@ export const errorCodes = {
     exit: 130,
     help: 'The operation was cancelled (Ctrl-C); temporary data was removed and nothing was recorded.',
   },
+  VALIDATION_FAILED: {
+    exit: 2,
+    http: 400,
+    help: 'A document or request does not match its schema. `details.problems` lists each one: the file, the path in the document (and its line), what was found and what is expected.',
+  },
+  YAML_INVALID: {
+    exit: 2,
+    http: 400,
+    help: 'The file is not well-formed YAML (or JSON); the message gives the line and column.',
+  },
+  REFERENCE_UNKNOWN: {
+    exit: 1,
+    http: 400,
+    help: 'The document names something the catalog does not have (an image, package, collection, distribution point, rule set, machine). Create it first or fix the name.',
+  },
+  NOT_FOUND: {
+    exit: 1,
+    http: 404,
+    help: 'No such object in the catalog (`details.kind` says which kind); `reimage <noun> list` shows what there is.',
+  },
+  ALREADY_EXISTS: {
+    exit: 1,
+    http: 409,
+    help: 'An object of that kind and name already exists. Choose another name, or update the existing one.',
+  },
+  IN_USE: {
+    exit: 1,
+    http: 409,
+    help: 'The object is still referenced (a package by an advertisement, a collection by an advertisement, ...). Delete or change the referrers first; `details.referrers` lists them.',
+  },
+  POLICY_LOOSENED: {
+    exit: 1,
+    http: 400,
+    help: "An advertisement may only tighten its package's deployment settings (shorter postponement, no decline, a deadline, permission required), never loosen them. `details.problems` names each setting.",
+  },
+  RULE_INVALID: {
+    exit: 2,
+    http: 400,
+    help: 'A collection rule does not parse or names an unknown inventory field; the message shows the position. See docs/collections.md for the rule language.',
+  },
+  UNAUTHENTICATED: {
+    exit: 1,
+    http: 401,
+    help: 'No credentials, or wrong ones: log in with `reimage login`, or set REIMAGE_TOKEN to a valid API token.',
+  },
+  FORBIDDEN: {
+    exit: 1,
+    http: 403,
+    help: 'Your role does not allow this (read-only users read; operators also change the catalog; only admins manage users and tokens).',
+  },
+  MACHINE_MISMATCH: {
+    exit: 1,
+    http: 403,
+    help: "A machine's credentials were used for another machine's policy or status. Each machine reads and reports only as itself.",
+  },
+  ENROLLMENT_REFUSED: {
+    exit: 1,
+    http: 401,
+    help: 'The enrollment token is unknown, expired or used up. Ask the administrator for a new one (`reimage machine enroll-token create`).',
+  },
+  PAYLOAD_TOO_LARGE: {
+    exit: 1,
+    http: 413,
+    help: 'The request body is larger than the server accepts for that endpoint.',
+  },
+  STATUS_MESSAGE_UNKNOWN: {
+    exit: 1,
+    http: 400,
+    help: 'A status message carries an id that is not in the status message catalog (docs/status-messages.md).',
+  },
+  SERVER_UNREACHABLE: {
+    exit: 1,
+    help: 'The management server did not answer. Check `--server` (or REIMAGE_SERVER / the config file) and the network.',
+  },
+  SERVER_CERT_MISMATCH: {
+    exit: 1,
+    help: "The server's TLS certificate does not match the pinned fingerprint (or is not trusted). If the server's certificate was replaced on purpose, pin the new fingerprint with `--server-fingerprint`; otherwise something is intercepting the connection.",
+  },
+  SERVER_CONFIG_INVALID: {
+    exit: 2,
+    help: 'The server cannot start with these settings (database URL, certificate, key file, listen address); the message says which.',
+  },
+  DATABASE_ERROR: {
+    exit: 1,
+    http: 503,
+    help: 'The catalog database failed or is unreachable; the message carries its error. Nothing was changed.',
+  },
+  DATABASE_TOO_NEW: {
+    exit: 1,
+    help: 'The database was migrated by a newer reimage than this one. Upgrade reimage.',
+  },
+  SECRET_KEY_INVALID: {
+    exit: 1,
+    help: "The server's secret key cannot decrypt the stored secrets (a different key file than the one they were written with). Restore the server's key file.",
+  },
+  INTERNAL: {
+    exit: 70,
+    http: 500,
+    help: 'A bug in reimage. The server log has the details under the request id; please report it.',
+  },
 } as const;
 
 export type ErrorCode = keyof typeof errorCodes;
@@ -123,6 +223,12 @@ export class ReimageError extends Error {
 
   get exitCode(): number {
     return errorCodes[this.code].exit;
+  }
+
+  /** The HTTP status the server answers with for this error (400 when the code has none). */
+  get httpStatus(): number {
+    const e = errorCodes[this.code];
+    return 'http' in e ? e.http : 400;
   }
 }
 
