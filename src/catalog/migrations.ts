@@ -1,0 +1,200 @@
+import { Migrator, sql } from 'kysely';
+import type { Kysely, Migration, MigrationProvider } from 'kysely';
+import { ReimageError } from '../errors.js';
+import type { CatalogDb } from './db.js';
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- migrations run against whatever schema the database has, not the current Tables type. */
+type AnyDb = Kysely<any>;
+
+const now = (t: any) => t.notNull();
+
+/**
+ * The catalog's migrations, in order. A migration is never edited once released: a change is
+ * a new entry. Names sort in order of application.
+ */
+export const migrations: Record<string, Migration> = {
+  '0001-initial': {
+    async up(db: AnyDb) {
+      await db.schema
+        .createTable('users')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('username', 'text', (c) => c.notNull().unique())
+        .addColumn('password_hash', 'text', (c) => c.notNull())
+        .addColumn('role', 'text', (c) => c.notNull())
+        .addColumn('disabled', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('created_at', 'text', now)
+        .execute();
+      await db.schema
+        .createTable('api_tokens')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('user_id', 'text', (c) => c.notNull().references('users.id').onDelete('cascade'))
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('token_hash', 'text', (c) => c.notNull().unique())
+        .addColumn('created_at', 'text', now)
+        .addColumn('expires_at', 'text')
+        .addColumn('last_used_at', 'text')
+        .execute();
+      await db.schema
+        .createTable('images')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('format', 'text', (c) => c.notNull())
+        .addColumn('properties', 'text', (c) => c.notNull())
+        .addColumn('size', 'bigint', (c) => c.notNull())
+        .addColumn('stored_size', 'bigint', (c) => c.notNull())
+        .addColumn('file_count', 'integer', (c) => c.notNull())
+        .addColumn('source_machine', 'text')
+        .addColumn('registered_at', 'text', now)
+        .addColumn('registered_by', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('images_name').on('images').column('name').execute();
+      await db.schema
+        .createTable('packages')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('version', 'text', (c) => c.notNull())
+        .addColumn('description', 'text', (c) => c.notNull())
+        .addColumn('image_id', 'text', (c) => c.notNull().references('images.id'))
+        .addColumn('definition', 'text', (c) => c.notNull())
+        .addColumn('settings', 'text', (c) => c.notNull())
+        .addColumn('secrets', 'text')
+        .addColumn('revision', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'text', now)
+        .addColumn('updated_at', 'text', now)
+        .addUniqueConstraint('packages_name_version', ['name', 'version'])
+        .execute();
+      await db.schema
+        .createTable('distribution_points')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('address', 'text', (c) => c.notNull())
+        .addColumn('site', 'text', (c) => c.notNull())
+        .addColumn('boundaries', 'text', (c) => c.notNull())
+        .addColumn('bandwidth', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', now)
+        .addColumn('updated_at', 'text', now)
+        .execute();
+      await db.schema
+        .createTable('machines')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('site', 'text')
+        .addColumn('credential_hash', 'text', (c) => c.notNull().unique())
+        .addColumn('inventory', 'text', (c) => c.notNull())
+        .addColumn('tags', 'text', (c) => c.notNull())
+        .addColumn('applied_image_id', 'text')
+        .addColumn('client_version', 'text')
+        .addColumn('enrolled_at', 'text', now)
+        .addColumn('last_contact_at', 'text')
+        .execute();
+      await db.schema.createIndex('machines_name').on('machines').column('name').execute();
+      await db.schema
+        .createTable('enrollment_tokens')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('token_hash', 'text', (c) => c.notNull().unique())
+        .addColumn('site', 'text')
+        .addColumn('uses_left', 'integer')
+        .addColumn('expires_at', 'text', now)
+        .addColumn('created_by', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', now)
+        .addColumn('revoked', 'integer', (c) => c.notNull().defaultTo(0))
+        .execute();
+      await db.schema
+        .createTable('collections')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('description', 'text', (c) => c.notNull())
+        .addColumn('rule', 'text')
+        .addColumn('include_machines', 'text', (c) => c.notNull())
+        .addColumn('exclude_machines', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', now)
+        .addColumn('updated_at', 'text', now)
+        .execute();
+      await db.schema
+        .createTable('advertisements')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('package_id', 'text', (c) => c.notNull().references('packages.id'))
+        .addColumn('collection_id', 'text', (c) => c.notNull().references('collections.id'))
+        .addColumn('available_from', 'text')
+        .addColumn('deadline', 'text')
+        .addColumn('policy', 'text', (c) => c.notNull())
+        .addColumn('schedule', 'text', (c) => c.notNull())
+        .addColumn('enabled', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'text', now)
+        .addColumn('updated_at', 'text', now)
+        .execute();
+      await db.schema
+        .createTable('status_messages')
+        .addColumn('machine_id', 'text', (c) =>
+          c.notNull().references('machines.id').onDelete('cascade'),
+        )
+        .addColumn('seq', 'integer', (c) => c.notNull())
+        .addColumn('message_id', 'integer', (c) => c.notNull())
+        .addColumn('component', 'text', (c) => c.notNull())
+        .addColumn('phase', 'text', (c) => c.notNull())
+        .addColumn('severity', 'text', (c) => c.notNull())
+        .addColumn('advertisement_id', 'text')
+        .addColumn('time', 'text', now)
+        .addColumn('received_at', 'text', now)
+        .addColumn('properties', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('status_messages_pk', ['machine_id', 'seq'])
+        .execute();
+      await db.schema
+        .createIndex('status_messages_ad')
+        .on('status_messages')
+        .columns(['advertisement_id', 'time'])
+        .execute();
+      await db.schema
+        .createTable('audit_log')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('at', 'text', now)
+        .addColumn('actor', 'text', (c) => c.notNull())
+        .addColumn('action', 'text', (c) => c.notNull())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('target', 'text', (c) => c.notNull())
+        .addColumn('summary', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('audit_log_at').on('audit_log').column('at').execute();
+    },
+  },
+};
+
+const provider: MigrationProvider = { getMigrations: async () => migrations };
+
+/**
+ * Brings the database to the latest schema. Refuses a database that a newer reimage migrated
+ * (it has migrations this one does not know), rather than running against a schema it
+ * does not understand.
+ */
+export async function migrateToLatest(catalog: CatalogDb): Promise<string[]> {
+  const db = catalog.db as unknown as AnyDb;
+  const applied = await appliedMigrations(db);
+  const unknown = applied.filter((name) => !(name in migrations));
+  if (unknown.length > 0)
+    throw new ReimageError(
+      'DATABASE_TOO_NEW',
+      `The catalog database has migrations this reimage does not know (${unknown.join(', ')}).`,
+      { details: { unknown } },
+    );
+  const migrator = new Migrator({ db, provider });
+  const { error, results } = await migrator.migrateToLatest();
+  if (error)
+    throw new ReimageError(
+      'DATABASE_ERROR',
+      `Migrating the catalog database failed: ${String(error)}`,
+      {
+        cause: error,
+      },
+    );
+  return (results ?? []).filter((r) => r.status === 'Success').map((r) => r.migrationName);
+}
+
+async function appliedMigrations(db: AnyDb): Promise<string[]> {
+  try {
+    const rows = await sql<{ name: string }>`select name from kysely_migration`.execute(db);
+    return rows.rows.map((r) => r.name);
+  } catch {
+    return []; // a new database: the table does not exist yet
+  }
+}

@@ -1,0 +1,185 @@
+import swagger from '@fastify/swagger';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify from 'fastify';
+import type {
+  FastifyBaseLogger,
+  FastifyError,
+  FastifyInstance,
+  FastifyReply,
+  FastifyRequest,
+  FastifyServerOptions,
+  RawReplyDefaultExpression,
+  RawRequestDefaultExpression,
+  RawServerDefault,
+} from 'fastify';
+import type { Catalog } from '../catalog/catalog.js';
+import type { ContentStore } from '../content/store.js';
+import { errorCodes, isReimageError, ReimageError } from '../errors.js';
+import { authenticate, type Access } from './auth.js';
+import { registerRoutes } from './routes/index.js';
+import type { SecretBox } from './secret-box.js';
+
+export const API_VERSION = '1';
+
+/** Everything the server needs, wired by the entry point (no module-level state). */
+export interface ServerDeps {
+  catalog: Catalog;
+  secrets: SecretBox;
+  /** The image library's content store (images are registered from it); optional for tests of the catalog alone. */
+  store?: ContentStore;
+  /** The TLS certificate's fingerprint, told to clients that ask (`GET /api/v1/server`). */
+  fingerprint?: string;
+  logger?: FastifyServerOptions['logger'] | FastifyBaseLogger;
+  https?: { cert: string; key: string };
+  /** Largest request body accepted, in bytes (default 1 MiB; status batches and packages fit well inside). */
+  bodyLimit?: number;
+  clock?: () => number;
+}
+
+/** The server as route modules see it: fastify with TypeBox-typed schemas. */
+export type App = FastifyInstance<
+  RawServerDefault,
+  RawRequestDefaultExpression,
+  RawReplyDefaultExpression,
+  FastifyBaseLogger,
+  TypeBoxTypeProvider
+>;
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Who may call the route: nobody needs credentials (`public`), a machine, or an admin user of at least this role. */
+    access?: Access;
+  }
+  interface FastifyInstance {
+    deps: ServerDeps;
+  }
+}
+
+/** Builds the management server (not yet listening): API, authentication, errors, OpenAPI. */
+export async function createServer(deps: ServerDeps) {
+  const loggerOption =
+    deps.logger && typeof (deps.logger as FastifyBaseLogger).child === 'function'
+      ? { loggerInstance: deps.logger as FastifyBaseLogger }
+      : {
+          logger: (deps.logger as FastifyServerOptions['logger']) ?? false,
+        };
+  const app = Fastify({
+    ...loggerOption,
+    ...(deps.https ? { https: { cert: deps.https.cert, key: deps.https.key } } : {}),
+    bodyLimit: deps.bodyLimit ?? 1024 * 1024,
+    // Unknown keys are refused, not silently dropped, so a typo never changes nothing quietly.
+    ajv: { customOptions: { removeAdditional: false, allErrors: true, coerceTypes: false } },
+  }).withTypeProvider<TypeBoxTypeProvider>() as unknown as App;
+  app.decorate('deps', deps);
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'reimage management API',
+        version: API_VERSION,
+        description:
+          'Admin endpoints take `Authorization: Bearer rit_…` (an API token, from `POST /api/v1/auth/login` or `POST /api/v1/tokens`); client endpoints take a machine credential `Bearer rim_…` from enrollment. Errors are `{ "error": { "code", "message", "details" } }` with the codes of docs/errors.md.',
+      },
+      components: {
+        securitySchemes: {
+          adminToken: { type: 'http', scheme: 'bearer' },
+          machineCredential: { type: 'http', scheme: 'bearer' },
+        },
+      },
+    },
+  });
+
+  app.addHook('onRequest', async (req) => {
+    await authenticate(req, deps);
+  });
+
+  app.setErrorHandler((err: FastifyError | ReimageError, req, reply) =>
+    replyError(err, req, reply),
+  );
+  app.setNotFoundHandler((req, reply) =>
+    replyError(
+      new ReimageError('NOT_FOUND', `No API endpoint ${req.method} ${req.url.split('?')[0]}.`, {
+        details: { kind: 'endpoint' },
+      }),
+      req,
+      reply,
+    ),
+  );
+
+  await registerRoutes(app);
+  return app;
+}
+
+/** The one place an error becomes a response: `{ error: { code, message, details } }`. */
+function replyError(err: unknown, req: FastifyRequest, reply: FastifyReply) {
+  const e = toReimageError(err);
+  if (e.code === 'INTERNAL' || e.code === 'DATABASE_ERROR')
+    req.log.error({ err }, 'request failed');
+  else req.log.info({ code: e.code }, e.message);
+  return reply
+    .status(e.httpStatus)
+    .send({ error: { code: e.code, message: e.message, details: e.details, requestId: req.id } });
+}
+
+function toReimageError(err: unknown): ReimageError {
+  if (isReimageError(err)) return err;
+  const f = err as FastifyError & {
+    validation?: {
+      instancePath: string;
+      message?: string;
+      params?: Record<string, unknown>;
+      keyword: string;
+    }[];
+    validationContext?: string;
+  };
+  if (f.validation) {
+    const problems = f.validation.map((v) => ({
+      path: `${f.validationContext ?? 'body'}${v.instancePath}`,
+      message: describeAjv(v),
+    }));
+    return new ReimageError(
+      'VALIDATION_FAILED',
+      `The request ${f.validationContext ?? 'body'} is not valid: ${problems.map((p) => `${p.path}: ${p.message}`).join('; ')}`,
+      { details: { problems } },
+    );
+  }
+  switch (f.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new ReimageError('PAYLOAD_TOO_LARGE', 'The request body is too large.');
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new ReimageError(
+        'VALIDATION_FAILED',
+        'The request body must be JSON (Content-Type: application/json).',
+        { details: { problems: [] } },
+      );
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return new ReimageError('VALIDATION_FAILED', 'The request body is empty.', {
+        details: { problems: [] },
+      });
+  }
+  if (f.statusCode === 400 && (err instanceof SyntaxError || /JSON/.test(f.message)))
+    return new ReimageError('YAML_INVALID', `The request body is not valid JSON: ${f.message}`);
+  if (f.statusCode === 413)
+    return new ReimageError('PAYLOAD_TOO_LARGE', 'The request body is too large.');
+  return new ReimageError('INTERNAL', 'Internal error.', { cause: err });
+}
+
+function describeAjv(v: {
+  keyword: string;
+  message?: string;
+  params?: Record<string, unknown>;
+}): string {
+  const p = v.params ?? {};
+  if (v.keyword === 'additionalProperties')
+    return `unknown property '${String(p.additionalProperty)}'`;
+  if (v.keyword === 'required') return `missing required property '${String(p.missingProperty)}'`;
+  if (v.keyword === 'enum')
+    return `must be one of ${(p.allowedValues as unknown[]).map((x) => JSON.stringify(x)).join(', ')}`;
+  return v.message ?? v.keyword;
+}
+
+/** Error codes an API client may see, for the OpenAPI document. */
+export const apiErrorCodes = Object.keys(errorCodes).filter(
+  (c) => 'http' in errorCodes[c as keyof typeof errorCodes],
+);

@@ -1,0 +1,143 @@
+import { createHash } from 'node:crypto';
+import { Type } from '@sinclair/typebox';
+import type { Static } from '@sinclair/typebox';
+import type { Advertisement, Machine } from '../catalog/catalog.js';
+import { effectivePolicy } from '../package/effective.js';
+import type { AdvertisementPolicy } from '../package/schema.js';
+import type { ServerDeps } from './app.js';
+import { Membership } from './membership.js';
+import type { Schedule } from './routes/advertisements.js';
+import { packageSettingsWithSecrets } from './routes/packages.js';
+import { orderLocations } from './site.js';
+
+const POLL_SECONDS = 900;
+
+export const Policy = Type.Object({
+  machineId: Type.String(),
+  name: Type.String(),
+  site: Type.Union([Type.String(), Type.Null()]),
+  generatedAt: Type.String(),
+  pollSeconds: Type.Integer({ description: 'poll again after about this long (add jitter)' }),
+  advertisements: Type.Array(
+    Type.Object({
+      id: Type.String(),
+      name: Type.String(),
+      state: Type.Union([
+        Type.Literal('active'),
+        Type.Literal('waiting-for-wave'),
+        Type.Literal('not-yet-available'),
+        Type.Literal('skip-same-image'),
+      ]),
+      wave: Type.Integer({ description: '1-based rollout wave of this machine' }),
+      availableFrom: Type.Union([Type.String(), Type.Null()]),
+      deadline: Type.Union([Type.String(), Type.Null()]),
+      package: Type.Object({
+        id: Type.String(),
+        name: Type.String(),
+        version: Type.String(),
+        revision: Type.Integer(),
+        imageId: Type.String(),
+        definition: Type.Unknown(),
+      }),
+      settings: Type.Unknown({ description: 'deployment settings, with secrets' }),
+      effectivePolicy: Type.Unknown(),
+      schedule: Type.Unknown(),
+      content: Type.Array(
+        Type.Object({
+          distributionPoint: Type.String(),
+          address: Type.String(),
+          site: Type.String(),
+          preference: Type.String(),
+        }),
+      ),
+    }),
+  ),
+});
+export type Policy = Static<typeof Policy>;
+
+/** Stable position of a machine in an advertisement's rollout, independent of enrollment order. */
+const rolloutKey = (adId: string, machineId: string) =>
+  createHash('sha256').update(`${adId}/${machineId}`).digest('hex');
+
+/** The 1-based wave of `machineId` among `memberIds` for the advertisement's waves (1 when it has none). */
+export function waveOf(
+  ad: Pick<Advertisement, 'id'>,
+  schedule: Schedule,
+  memberIds: string[],
+  machineId: string,
+): number {
+  const waves = schedule.waves ?? [];
+  if (waves.length === 0) return 1;
+  const order = [...memberIds].sort((a, b) =>
+    rolloutKey(ad.id, a) < rolloutKey(ad.id, b) ? -1 : 1,
+  );
+  const rank = order.indexOf(machineId);
+  let end = 0;
+  for (const [i, w] of waves.entries()) {
+    end += 'machines' in w ? w.machines : Math.ceil((w.percent * order.length) / 100);
+    if (rank < end) return i + 1;
+  }
+  return waves.length;
+}
+
+/**
+ * Everything a machine's agent needs: the enabled advertisements whose collection holds it,
+ * with package, settings (secrets included: this goes only to the machine itself over its
+ * authenticated connection), the effective notification policy, and content locations in
+ * the order to try them.
+ */
+export async function machinePolicy(deps: ServerDeps, machine: Machine): Promise<Policy> {
+  const { catalog, secrets } = deps;
+  const now = (deps.clock ?? Date.now)();
+  const membership = await Membership.load(catalog, now);
+  const dps = await catalog.listDps();
+  const ips = ((machine.inventory as { ips?: string[] }).ips ?? []) as string[];
+  const content = orderLocations(dps, machine.site, ips);
+  const out: Policy['advertisements'] = [];
+  for (const ad of await catalog.listAdvertisements()) {
+    if (!ad.enabled) continue;
+    const collection = await catalog.getCollection(ad.collectionId);
+    const members = membership.members(collection).map((m) => m.id);
+    if (!members.includes(machine.id)) continue;
+    const pkg = await catalog.getPackage(ad.packageId);
+    const settings = await packageSettingsWithSecrets(catalog, secrets, pkg);
+    const schedule = ad.schedule as Schedule;
+    const wave = waveOf(ad, schedule, members, machine.id);
+    const state =
+      machine.appliedImageId === pkg.imageId && !(settings.options?.redeploySameImage ?? false)
+        ? 'skip-same-image'
+        : ad.availableFrom && Date.parse(ad.availableFrom) > now
+          ? 'not-yet-available'
+          : wave > (schedule.activeWave ?? 1)
+            ? 'waiting-for-wave'
+            : 'active';
+    out.push({
+      id: ad.id,
+      name: ad.name,
+      state,
+      wave,
+      availableFrom: ad.availableFrom,
+      deadline: ad.deadline,
+      package: {
+        id: pkg.id,
+        name: pkg.name,
+        version: pkg.version,
+        revision: pkg.revision,
+        imageId: pkg.imageId,
+        definition: pkg.definition,
+      },
+      settings,
+      effectivePolicy: effectivePolicy(settings, ad.policy as AdvertisementPolicy),
+      schedule,
+      content,
+    });
+  }
+  return {
+    machineId: machine.id,
+    name: machine.name,
+    site: machine.site,
+    generatedAt: new Date(now).toISOString(),
+    pollSeconds: POLL_SECONDS,
+    advertisements: out,
+  };
+}

@@ -1,0 +1,48 @@
+import { Type } from '@sinclair/typebox';
+import type { TSchema } from '@sinclair/typebox';
+import type { FastifyRequest } from 'fastify';
+import type { Catalog } from '../../catalog/catalog.js';
+import { userOf } from '../auth.js';
+
+/** `:ref` in a URL: an id or a name. */
+export const RefParams = Type.Object({ ref: Type.String({ minLength: 1, maxLength: 300 }) });
+
+export const ErrorBody = Type.Object({
+  error: Type.Object({
+    code: Type.String(),
+    message: Type.String(),
+    details: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+    requestId: Type.Optional(Type.String()),
+  }),
+});
+
+/** Standard responses: the success schema plus the error body for every failure status. */
+export function responses(ok: TSchema, status = 200): Record<number, TSchema> {
+  return {
+    [status]: ok,
+    400: ErrorBody,
+    401: ErrorBody,
+    403: ErrorBody,
+    404: ErrorBody,
+    409: ErrorBody,
+  };
+}
+
+export const Name = Type.String({
+  pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$',
+  description: 'letters, digits, . _ -; starts with a letter or digit',
+});
+
+export const listOf = (item: TSchema) => Type.Object({ items: Type.Array(item) });
+
+/** Records an admin change in the audit log, in the same transaction as the change. Never pass secret values in `summary`. */
+export function audit(
+  tx: Catalog,
+  req: FastifyRequest,
+  action: 'create' | 'update' | 'delete' | 'register' | 'login' | 'revoke',
+  kind: string,
+  target: string,
+  summary = '',
+): Promise<void> {
+  return tx.audit({ actor: userOf(req).username, action, kind, target, summary });
+}

@@ -1,0 +1,211 @@
+import { Type } from '@sinclair/typebox';
+import { ReimageError } from '../../errors.js';
+import type { App } from '../app.js';
+import { parseCidr } from '../site.js';
+import { audit, listOf, Name, RefParams, responses } from './common.js';
+
+const Time = Type.String({
+  pattern: '^([01][0-9]|2[0-3]):[0-5][0-9]$',
+  description: 'HH:MM, local time of the DP',
+});
+const Bandwidth = Type.Object(
+  {
+    rateLimitKbps: Type.Optional(
+      Type.Integer({
+        minimum: 8,
+        maximum: 100_000_000,
+        description: 'replication rate limit in kbit/s',
+      }),
+    ),
+    windows: Type.Optional(
+      Type.Array(
+        Type.Object(
+          {
+            days: Type.Optional(
+              Type.Array(
+                Type.Union(
+                  ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'].map((d) => Type.Literal(d)),
+                ),
+                { uniqueItems: true },
+              ),
+            ),
+            from: Time,
+            to: Time,
+          },
+          { additionalProperties: false },
+        ),
+        {
+          maxItems: 50,
+          description: 'replication is allowed only inside these windows (none = always)',
+        },
+      ),
+    ),
+  },
+  { additionalProperties: false },
+);
+const Address = Type.String({
+  minLength: 1,
+  maxLength: 2000,
+  pattern: '^(/|file://|https?://|smb://)',
+  description:
+    'a folder (/path or file://), a share (smb://host/share/path), or an http(s) URL of a static server',
+});
+const Boundaries = Type.Array(Type.String({ maxLength: 64 }), {
+  maxItems: 1000,
+  description: 'subnets the DP serves (CIDR)',
+});
+const Site = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$' });
+
+const Dp = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  address: Type.String(),
+  site: Type.String(),
+  boundaries: Type.Array(Type.String()),
+  bandwidth: Bandwidth,
+  createdAt: Type.String(),
+  updatedAt: Type.String(),
+});
+
+function checkBoundaries(b: string[] | undefined): void {
+  const bad = (b ?? []).filter((c) => parseCidr(c) === undefined);
+  if (bad.length > 0)
+    throw new ReimageError(
+      'VALIDATION_FAILED',
+      `Not a subnet in CIDR form: ${bad.join(', ')} (e.g. 10.1.0.0/16 or fd00::/64).`,
+      {
+        details: {
+          problems: bad.map((c) => ({ path: 'body/boundaries', message: `'${c}' is not CIDR` })),
+        },
+      },
+    );
+}
+
+function checkAddress(a: string | undefined): void {
+  if (a === undefined || a.startsWith('/')) return;
+  try {
+    const u = new URL(a);
+    if (u.password)
+      throw new ReimageError(
+        'VALIDATION_FAILED',
+        'A DP address must not carry a password; give share credentials in the DP’s access settings.',
+        { details: { problems: [{ path: 'body/address', message: 'contains a password' }] } },
+      );
+  } catch (e) {
+    if (e instanceof ReimageError) throw e;
+    throw new ReimageError('VALIDATION_FAILED', `The address '${a}' is not a valid URL.`, {
+      details: { problems: [{ path: 'body/address', message: 'not a URL' }] },
+    });
+  }
+}
+
+export function dpRoutes(app: App): void {
+  app.get(
+    '/api/v1/distribution-points',
+    {
+      config: { access: 'read-only' },
+      schema: { tags: ['distribution points'], response: responses(listOf(Dp)) },
+    },
+    async () => ({
+      items: await app.deps.catalog.listDps(),
+    }),
+  );
+  app.get(
+    '/api/v1/distribution-points/:ref',
+    {
+      config: { access: 'read-only' },
+      schema: { tags: ['distribution points'], params: RefParams, response: responses(Dp) },
+    },
+    async (req) => app.deps.catalog.getDp(req.params.ref),
+  );
+  app.post(
+    '/api/v1/distribution-points',
+    {
+      config: { access: 'operator' },
+      schema: {
+        tags: ['distribution points'],
+        body: Type.Object(
+          {
+            name: Name,
+            address: Address,
+            site: Site,
+            boundaries: Type.Optional(Boundaries),
+            bandwidth: Type.Optional(Bandwidth),
+          },
+          { additionalProperties: false },
+        ),
+        response: responses(Dp, 201),
+      },
+    },
+    async (req, reply) => {
+      checkBoundaries(req.body.boundaries);
+      checkAddress(req.body.address);
+      const dp = await app.deps.catalog.transaction(async (tx) => {
+        const d = await tx.createDp({
+          ...req.body,
+          boundaries: req.body.boundaries ?? [],
+          bandwidth: req.body.bandwidth ?? {},
+        });
+        await audit(tx, req, 'create', 'distribution point', d.name, `${d.address} site ${d.site}`);
+        return d;
+      });
+      return reply.status(201).send(dp);
+    },
+  );
+  app.patch(
+    '/api/v1/distribution-points/:ref',
+    {
+      config: { access: 'operator' },
+      schema: {
+        tags: ['distribution points'],
+        params: RefParams,
+        body: Type.Object(
+          {
+            address: Type.Optional(Address),
+            site: Type.Optional(Site),
+            boundaries: Type.Optional(Boundaries),
+            bandwidth: Type.Optional(Bandwidth),
+          },
+          { additionalProperties: false, minProperties: 1 },
+        ),
+        response: responses(Dp),
+      },
+    },
+    async (req) => {
+      checkBoundaries(req.body.boundaries);
+      checkAddress(req.body.address);
+      return app.deps.catalog.transaction(async (tx) => {
+        const d = await tx.getDp(req.params.ref);
+        const updated = await tx.updateDp(d.id, req.body);
+        await audit(
+          tx,
+          req,
+          'update',
+          'distribution point',
+          d.name,
+          Object.keys(req.body).join(', '),
+        );
+        return updated;
+      });
+    },
+  );
+  app.delete(
+    '/api/v1/distribution-points/:ref',
+    {
+      config: { access: 'operator' },
+      schema: {
+        tags: ['distribution points'],
+        params: RefParams,
+        response: responses(Type.Null(), 204),
+      },
+    },
+    async (req, reply) => {
+      await app.deps.catalog.transaction(async (tx) => {
+        const d = await tx.getDp(req.params.ref);
+        await tx.deleteDp(d.id);
+        await audit(tx, req, 'delete', 'distribution point', d.name);
+      });
+      return reply.status(204).send();
+    },
+  );
+}
