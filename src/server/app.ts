@@ -16,6 +16,7 @@ import type { Catalog } from '../catalog/catalog.js';
 import type { ContentStore } from '../content/store.js';
 import { errorCodes, isReimageError, ReimageError } from '../errors.js';
 import { authenticate, type Access } from './auth.js';
+import { ErrorBody } from './routes/common.js';
 import { registerRoutes } from './routes/index.js';
 import type { SecretBox } from './secret-box.js';
 
@@ -68,7 +69,7 @@ export async function createServer(deps: ServerDeps) {
     ...(deps.https ? { https: { cert: deps.https.cert, key: deps.https.key } } : {}),
     bodyLimit: deps.bodyLimit ?? 1024 * 1024,
     // Unknown keys are refused, not silently dropped, so a typo never changes nothing quietly.
-    ajv: { customOptions: { removeAdditional: false, allErrors: true, coerceTypes: false } },
+    ajv: { customOptions: { removeAdditional: false, useDefaults: false, allErrors: true, coerceTypes: false } },
   }).withTypeProvider<TypeBoxTypeProvider>() as unknown as App;
   app.decorate('deps', deps);
 
@@ -89,6 +90,8 @@ export async function createServer(deps: ServerDeps) {
       },
     },
   });
+
+  app.addSchema({ $id: 'ErrorBody', ...ErrorBody });
 
   app.addHook('onRequest', async (req) => {
     await authenticate(req, deps);

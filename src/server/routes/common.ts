@@ -1,5 +1,5 @@
 import { Type } from '@sinclair/typebox';
-import type { TSchema } from '@sinclair/typebox';
+import type { Static, TSchema } from '@sinclair/typebox';
 import type { FastifyRequest } from 'fastify';
 import type { Catalog } from '../../catalog/catalog.js';
 import { userOf } from '../auth.js';
@@ -18,14 +18,9 @@ export const ErrorBody = Type.Object({
 
 /** Standard responses: the success schema plus the error body for every failure status. */
 export function responses(ok: TSchema, status = 200): Record<number, TSchema> {
-  return {
-    [status]: ok,
-    400: ErrorBody,
-    401: ErrorBody,
-    403: ErrorBody,
-    404: ErrorBody,
-    409: ErrorBody,
-  };
+  // One shared schema (registered in app.ts), so the OpenAPI document lists it once.
+  const error = Type.Unsafe<Static<typeof ErrorBody>>(Type.Ref('ErrorBody'));
+  return { [status]: ok, 400: error, 401: error, 403: error, 404: error, 409: error };
 }
 
 export const Name = Type.String({
