@@ -20,6 +20,15 @@ import {
   type ImageRecord,
 } from '../image/library.js';
 import { formatBytes, progressView, type ProgressMode } from './output.js';
+import {
+  registerAdminCommands,
+  remoteFor,
+  remoteImageDelete,
+  remoteImageList,
+  remoteImageShow,
+  withConnection,
+} from './admin.js';
+import { registerServerCommand } from './server-command.js';
 
 /**
  * The `reimage` command: `reimage <noun> <verb>`. Only this entry point reads flags and the
@@ -229,9 +238,14 @@ export function buildProgram(): Command {
     }
   });
 
-  withCommon(
-    image.command('list').description('list images (named, and unnamed older versions)'),
-  ).action((o: Common) => {
+  withConnection(
+    withCommon(
+      image.command('list').description('list images (named, and unnamed older versions)'),
+    ),
+  ).action(async (o: Common) => {
+    // On the management server when one is given or configured and no local store is.
+    const remote = await remoteFor(o, { env: process.env });
+    if (remote) return remoteImageList(remote, o);
     const lib = new ImageLibrary(openStore(o));
     const records = lib.listRecords();
     const names = lib.listNames();
@@ -262,12 +276,16 @@ export function buildProgram(): Command {
     );
   });
 
-  withCommon(
-    image
-      .command('show')
-      .argument('<image>', 'name or id')
-      .option('--files', 'also list every entry'),
-  ).action((ref: string, o: Common & { files?: boolean }) => {
+  withConnection(
+    withCommon(
+      image
+        .command('show')
+        .argument('<image>', 'name or id')
+        .option('--files', 'also list every entry'),
+    ),
+  ).action(async (ref: string, o: Common & { files?: boolean }) => {
+    const remote = await remoteFor(o, { env: process.env });
+    if (remote) return remoteImageShow(remote, ref, o);
     const lib = new ImageLibrary(openStore(o));
     const rec = lib.resolve(ref);
     const names = lib.namesOf(rec.id);
@@ -455,12 +473,16 @@ export function buildProgram(): Command {
     ]);
   });
 
-  withCommon(
-    image
-      .command('delete')
-      .argument('<images...>', 'names or ids')
-      .option('--all-versions', 'also delete the previous versions kept under each name'),
+  withConnection(
+    withCommon(
+      image
+        .command('delete')
+        .argument('<images...>', 'names or ids')
+        .option('--all-versions', 'also delete the previous versions kept under each name'),
+    ),
   ).action(async (refs: string[], o: Common & { allVersions?: boolean }) => {
+    const remote = await remoteFor(o, { env: process.env });
+    if (remote) return remoteImageDelete(remote, refs, o);
     const store = openStore(o);
     const lib = new ImageLibrary(store);
     // Exclusive: no capture may re-use the image while its record goes, and no update may
@@ -803,6 +825,10 @@ export function buildProgram(): Command {
       () => `key ${keyIdOf(publicKey)}: ${o.out} (private), ${o.out}.pub (public)`,
     );
   });
+
+  // The management server and its admin commands (only this entry point reads the environment).
+  registerServerCommand(program, { env: process.env });
+  registerAdminCommands(program, { env: process.env, image });
 
   return program;
 }

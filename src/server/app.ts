@@ -69,7 +69,14 @@ export async function createServer(deps: ServerDeps) {
     ...(deps.https ? { https: { cert: deps.https.cert, key: deps.https.key } } : {}),
     bodyLimit: deps.bodyLimit ?? 1024 * 1024,
     // Unknown keys are refused, not silently dropped, so a typo never changes nothing quietly.
-    ajv: { customOptions: { removeAdditional: false, useDefaults: false, allErrors: true, coerceTypes: false } },
+    ajv: {
+      customOptions: {
+        removeAdditional: false,
+        useDefaults: false,
+        allErrors: true,
+        coerceTypes: false,
+      },
+    },
   }).withTypeProvider<TypeBoxTypeProvider>() as unknown as App;
   app.decorate('deps', deps);
 
