@@ -69,6 +69,7 @@ export function sessionRoutes(app: App): void {
         (app.deps.clock ?? Date.now)() + LOGIN_TOKEN_HOURS * 3600_000,
       ).toISOString();
       await catalog.transaction(async (tx) => {
+        await tx.deleteExpiredTokens();
         await tx.createToken({
           userId: found.id,
           name: 'login',
@@ -85,6 +86,32 @@ export function sessionRoutes(app: App): void {
       });
       const { passwordHash: _p, ...user } = found;
       return { token, expiresAt, user };
+    },
+  );
+
+  app.post(
+    '/api/v1/auth/logout',
+    {
+      config: { access: 'read-only' },
+      schema: {
+        tags: ['session'],
+        summary: 'Revoke the token this request carries',
+        response: responses(Type.Null(), 204),
+      },
+    },
+    async (req, reply) => {
+      const user = userOf(req);
+      await app.deps.catalog.transaction(async (tx) => {
+        if (req.principal?.kind === 'user') await tx.deleteToken(req.principal.tokenId);
+        await tx.audit({
+          actor: user.username,
+          action: 'revoke',
+          kind: 'token',
+          target: 'own token',
+          summary: 'logout',
+        });
+      });
+      return reply.status(204).send();
     },
   );
 
