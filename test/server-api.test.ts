@@ -194,7 +194,7 @@ forEachDatabase('management API', (get) => {
       package: 'desktop@1.0',
       collection: 'debian-big',
       policy: { postponementMaximum: '1d', message: 'Your PC gets Debian 12 tonight.' },
-      schedule: { waves: [{ percent: 50 }, { percent: 50 }], activeWave: 1 },
+      schedule: { waves: [{ machines: 2 }, { percent: 100 }], activeWave: 1 },
     });
     const eff = await s.call<Record<string, { value: unknown; source: string }>>(
       'GET',
@@ -230,7 +230,7 @@ forEachDatabase('management API', (get) => {
       "the machine's own policy carries the secret",
     );
     credentials.set('pc-lyon-3', lyonMachine.credential);
-    // Waves: the first wave holds half the members (a stable choice); the others wait for it.
+    // Waves: the first wave holds two of the four members (in a stable order); the others wait.
     const members = await s.call<{ items: Machine[] }>(
       'GET',
       '/api/v1/collections/debian-big/members',

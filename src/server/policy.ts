@@ -59,7 +59,14 @@ export type Policy = Static<typeof Policy>;
 const rolloutKey = (adId: string, machineId: string) =>
   createHash('sha256').update(`${adId}/${machineId}`).digest('hex');
 
-/** The 1-based wave of `machineId` among `memberIds` for the advertisement's waves (1 when it has none). */
+/**
+ * The 1-based wave of `machineId` among `memberIds` (1 when there are no waves). Waves given
+ * only as percentages place each machine by a stable hash of (advertisement, machine), so a
+ * machine keeps its wave as the collection grows or shrinks (the share of each wave is then
+ * close to, not exactly, its percentage). Waves with machine counts are exact: members are
+ * ranked in that same hash order and cut by count — adding members can then move some
+ * machines to a later wave.
+ */
 export function waveOf(
   ad: Pick<Advertisement, 'id'>,
   schedule: Schedule,
@@ -68,11 +75,19 @@ export function waveOf(
 ): number {
   const waves = schedule.waves ?? [];
   if (waves.length === 0) return 1;
+  let end = 0;
+  if (waves.every((w) => 'percent' in w)) {
+    const position = (parseInt(rolloutKey(ad.id, machineId).slice(0, 12), 16) / 2 ** 48) * 100;
+    for (const [i, w] of waves.entries()) {
+      end += 'percent' in w ? w.percent : 0;
+      if (position < end) return i + 1;
+    }
+    return waves.length;
+  }
   const order = [...memberIds].sort((a, b) =>
     rolloutKey(ad.id, a) < rolloutKey(ad.id, b) ? -1 : 1,
   );
   const rank = order.indexOf(machineId);
-  let end = 0;
   for (const [i, w] of waves.entries()) {
     end += 'machines' in w ? w.machines : Math.ceil((w.percent * order.length) / 100);
     if (rank < end) return i + 1;
