@@ -31,6 +31,7 @@ export const errorCodes = {
   },
   IMAGE_NOT_FOUND: {
     exit: 1,
+    http: 404,
     help: 'No image with that name or id in the store: `reimage image list` shows what is there.',
   },
   IMAGE_NAME_INVALID: {
@@ -194,6 +195,7 @@ export const errorCodes = {
   },
   SECRET_KEY_INVALID: {
     exit: 1,
+    http: 500,
     help: "The server's secret key cannot decrypt the stored secrets (a different key file than the one they were written with). Restore the server's key file.",
   },
   INTERNAL: {

@@ -373,6 +373,11 @@ export class Catalog {
     }));
   }
 
+  /** Forgets tokens that have expired (login tokens pile up otherwise). */
+  async deleteExpiredTokens(): Promise<void> {
+    await this.q.deleteFrom('api_tokens').where('expires_at', '<=', this.now()).execute();
+  }
+
   async deleteToken(id: string): Promise<boolean> {
     const r = await this.q.deleteFrom('api_tokens').where('id', '=', id).executeTakeFirst();
     return Number(r.numDeletedRows) > 0;

@@ -30,7 +30,7 @@ export async function write<T>(
     if (kind === 'unique')
       throw new ReimageError(
         'ALREADY_EXISTS',
-        `A ${what.kind} named '${what.name}' already exists.`,
+        `${/^[aeio]/i.test(what.kind) ? 'An' : 'A'} ${what.kind} named '${what.name}' already exists.`,
         {
           details: { kind: what.kind, name: what.name },
         },

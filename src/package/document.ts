@@ -10,6 +10,7 @@ import {
   DURATION_PATTERN,
   defaults,
   documentSchemas,
+  secretPaths,
   type DocumentKind,
   type DocumentTypes,
 } from './schema.js';
@@ -61,7 +62,17 @@ export function parsePackageFile<K extends FileKind>(
   const docs = Array.isArray(parsed) ? parsed : [];
   for (const doc of docs) {
     const err = doc.errors[0];
-    if (err) throw yamlInvalid(fileName, err.message, err.code, err.linePos?.[0]);
+    if (err) {
+      // yaml says only "Map keys must be unique"; name the key, the user looks for it.
+      const key =
+        err.code === 'DUPLICATE_KEY'
+          ? /^("[^"\n]*"|'[^'\n]*'|[^:#\n]+?)\s*:/.exec(text.slice(err.pos[0]))?.[1]
+          : undefined;
+      const message = key
+        ? `Map keys must be unique: ${JSON.stringify(key.replace(/^(["'])(.*)\1$/, '$2'))} appears twice`
+        : err.message;
+      throw yamlInvalid(fileName, message, err.code, err.linePos?.[0]);
+    }
   }
   if (docs.length > 1) {
     const second = docs[1]!.range[0];
@@ -182,6 +193,9 @@ function check<K extends DocumentKind>(
     for (const p of problems) {
       const line = lineOf(p.path);
       if (line !== undefined) p.line = line;
+      // A value at, inside or around a secret may be the secret (`productKey: ABC-123` for
+      // `productKey: {set: ABC-123}`): never echo it into a message, a response or a log.
+      if (kind === 'DeploymentSettings' && nearSecret(p.path)) delete p.found;
     }
     fail(problems.sort((a, b) => (a.line ?? Infinity) - (b.line ?? Infinity)));
   }
@@ -605,6 +619,10 @@ function list(v: unknown): unknown[] {
 
 function strings(v: unknown, fallback: readonly string[]): readonly string[] {
   return Array.isArray(v) ? v.filter((s): s is string => typeof s === 'string') : fallback;
+}
+
+function nearSecret(path: string): boolean {
+  return secretPaths.some((s) => within(s, path) || within(path, s));
 }
 
 /** Whether `path` is `dir` or below it, for JSON pointers and file paths alike. */

@@ -105,6 +105,16 @@ export const Secret = Type.Union([Type.String({ minLength: 1, maxLength: 4096 })
     'A secret: write-only. Stored encrypted; every response shows {"secret": "set"} instead, and sending that marker back keeps the stored value.',
 });
 
+/**
+ * JSON pointers of every secret in a DeploymentSettings document (a test checks the schema).
+ * Here rather than in secrets.ts so that document.ts can keep them out of error messages.
+ */
+export const secretPaths = [
+  '/machineState/productKey/set',
+  '/machineState/administratorPassword/set',
+  '/stateStore/password',
+] as const;
+
 export const WhenNoAnswer = literals(['install', 'postpone', 'decline'], {
   description:
     'What happens when the user does not answer before the countdown ends: install (start now), postpone (ask again later), decline (not installed on this machine). Never install when permission is required. Default: install, or postpone when permission is required.',

@@ -1,5 +1,6 @@
 import { ReimageError } from '../errors.js';
 import { formatProblem, type Problem } from './document.js';
+import { secretPaths } from './schema.js';
 import type { DeploymentSettings, SecretMarker } from './schema.js';
 
 /**
@@ -12,12 +13,7 @@ import type { DeploymentSettings, SecretMarker } from './schema.js';
  * API can be edited and sent back as it is: `splitSecrets(joinSecrets(incoming, stored))`.
  */
 
-/** JSON pointers of every secret in a DeploymentSettings document (a test checks the schema). */
-export const secretPaths = [
-  '/machineState/productKey/set',
-  '/machineState/administratorPassword/set',
-  '/stateStore/password',
-] as const;
+export { secretPaths };
 export type SecretPath = (typeof secretPaths)[number];
 
 export const SECRET_SET: SecretMarker = Object.freeze({ secret: 'set' });
@@ -42,11 +38,12 @@ export function splitSecrets(settings: DeploymentSettings): {
 /**
  * Puts stored secrets back where the settings hold markers. A marker with no stored secret is
  * VALIDATION_FAILED (nothing to keep: the value must be given); secrets whose place no longer
- * holds a marker (the setting changed) are left out.
+ * holds a marker (the setting changed) are left out. `file` names the settings file in problems.
  */
 export function joinSecrets(
   pub: DeploymentSettings,
   secrets: Partial<Record<string, string>>,
+  file = 'deployment settings',
 ): DeploymentSettings {
   const full = structuredClone(pub);
   const missing: string[] = [];
@@ -59,7 +56,7 @@ export function joinSecrets(
   }
   if (missing.length > 0) {
     const problems = missing.map((path): Problem => ({
-      file: 'deployment settings',
+      file,
       path,
       found: JSON.stringify(SECRET_SET),
       expected: 'must be given: no secret is stored to keep',

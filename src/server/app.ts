@@ -75,6 +75,9 @@ export async function createServer(deps: ServerDeps) {
         useDefaults: false,
         allErrors: true,
         coerceTypes: false,
+        // Errors carry their schema, so a message can say "must be a duration such as …"
+        // (the schema's title) instead of printing a regular expression.
+        verbose: true,
       },
     },
   }).withTypeProvider<TypeBoxTypeProvider>() as unknown as App;
@@ -124,8 +127,7 @@ export async function createServer(deps: ServerDeps) {
 /** The one place an error becomes a response: `{ error: { code, message, details } }`. */
 function replyError(err: unknown, req: FastifyRequest, reply: FastifyReply) {
   const e = toReimageError(err);
-  if (e.code === 'INTERNAL' || e.code === 'DATABASE_ERROR')
-    req.log.error({ err }, 'request failed');
+  if (e.httpStatus >= 500) req.log.error({ err }, 'request failed');
   else req.log.info({ code: e.code }, e.message);
   return reply
     .status(e.httpStatus)
@@ -134,17 +136,9 @@ function replyError(err: unknown, req: FastifyRequest, reply: FastifyReply) {
 
 function toReimageError(err: unknown): ReimageError {
   if (isReimageError(err)) return err;
-  const f = err as FastifyError & {
-    validation?: {
-      instancePath: string;
-      message?: string;
-      params?: Record<string, unknown>;
-      keyword: string;
-    }[];
-    validationContext?: string;
-  };
+  const f = err as FastifyError & { validation?: AjvError[]; validationContext?: string };
   if (f.validation) {
-    const problems = f.validation.map((v) => ({
+    const problems = withoutUnionNoise(f.validation).map((v) => ({
       path: `${f.validationContext ?? 'body'}${v.instancePath}`,
       message: describeAjv(v),
     }));
@@ -175,12 +169,43 @@ function toReimageError(err: unknown): ReimageError {
   return new ReimageError('INTERNAL', 'Internal error.', { cause: err });
 }
 
-function describeAjv(v: {
+interface AjvError {
+  instancePath: string;
+  schemaPath?: string;
   keyword: string;
   message?: string;
   params?: Record<string, unknown>;
-}): string {
+  /** With `verbose`: the keyword's value (for anyOf, its branches) and the schema holding it. */
+  schema?: unknown;
+  parentSchema?: { title?: unknown };
+}
+
+const isConstUnion = (e: AjvError): e is AjvError & { schema: { const: unknown }[] } =>
+  e.keyword === 'anyOf' &&
+  Array.isArray(e.schema) &&
+  e.schema.every((b) => typeof b === 'object' && b !== null && 'const' in b);
+
+/** A union of constants fails once per constant; its one "must be one of" says it better. */
+function withoutUnionNoise(errors: AjvError[]): AjvError[] {
+  const unions = errors.filter(isConstUnion);
+  return errors.filter(
+    (e) =>
+      e.keyword === 'anyOf' ||
+      !unions.some(
+        (u) => u.instancePath === e.instancePath && e.schemaPath?.startsWith(`${u.schemaPath}/`),
+      ),
+  );
+}
+
+function describeAjv(v: AjvError): string {
   const p = v.params ?? {};
+  if (isConstUnion(v))
+    return `must be one of ${v.schema.map((b) => JSON.stringify(b.const)).join(', ')}`;
+  const title = v.parentSchema?.title;
+  if ((v.keyword === 'pattern' || v.keyword === 'format') && typeof title === 'string')
+    return `must be ${/^[aeiou]/i.test(title) ? 'an' : 'a'} ${title}`;
+  if (v.keyword === 'format' && p.format === 'date-time')
+    return 'must be an ISO 8601 date-time with offset, such as "2025-03-01T18:00:00Z"';
   if (v.keyword === 'additionalProperties')
     return `unknown property '${String(p.additionalProperty)}'`;
   if (v.keyword === 'required') return `missing required property '${String(p.missingProperty)}'`;

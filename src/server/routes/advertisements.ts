@@ -6,9 +6,8 @@ import { checkTightenOnly, effectivePolicy } from '../../package/effective.js';
 import { AdvertisementPolicy } from '../../package/schema.js';
 import type { DeploymentSettings } from '../../package/schema.js';
 import type { App } from '../app.js';
-import { audit, listOf, Name, RefParams, responses } from './common.js';
+import { audit, ClockTime, listOf, Name, RefParams, responses } from './common.js';
 
-const Time = Type.String({ pattern: '^([01][0-9]|2[0-3]):[0-5][0-9]$' });
 const Day = Type.Union(
   ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'].map((d) => Type.Literal(d)),
 );
@@ -19,7 +18,11 @@ export const Schedule = Type.Object(
     maintenanceWindows: Type.Optional(
       Type.Array(
         Type.Object(
-          { days: Type.Optional(Type.Array(Day, { uniqueItems: true })), from: Time, to: Time },
+          {
+            days: Type.Optional(Type.Array(Day, { uniqueItems: true })),
+            from: ClockTime,
+            to: ClockTime,
+          },
           { additionalProperties: false },
         ),
         {

@@ -10,7 +10,10 @@ import { responses } from './common.js';
 import { Inventory, MachineSchema } from './machines.js';
 import { machinePolicy, Policy } from '../policy.js';
 
-const ImageId = Type.String({ pattern: '^[0-9a-f]{64}$' });
+const ImageId = Type.String({
+  pattern: '^[0-9a-f]{64}$',
+  title: 'image id of 64 lowercase hex digits',
+});
 const ClientVersion = Type.String({ maxLength: 64 });
 const MAX_BATCH = 1000;
 const MAX_PROPERTIES_BYTES = 8192;
@@ -40,12 +43,15 @@ const SECRET_KEY = /pass(word)?|secret|token|credential|product.?key|private.?ke
 function redactProperties(props: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(props))
-    out[k] = SECRET_KEY.test(k)
-      ? '[redacted]'
-      : v !== null && typeof v === 'object' && !Array.isArray(v)
-        ? redactProperties(v as Record<string, unknown>)
-        : v;
+    out[k] = SECRET_KEY.test(k) ? '[redacted]' : redactValue(v);
   return out;
+}
+
+/** Lists too: `[{ password: … }]` hides a secret as well as `{ password: … }` does. */
+function redactValue(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(redactValue);
+  if (v !== null && typeof v === 'object') return redactProperties(v as Record<string, unknown>);
+  return v;
 }
 
 /** The endpoints machines call: enroll, report inventory, read their policy, post status. */

@@ -23,10 +23,28 @@ export function responses(ok: TSchema, status = 200): Record<number, TSchema> {
   return { [status]: ok, 400: error, 401: error, 403: error, 404: error, 409: error };
 }
 
+// Patterns carry a title: a refused value is told "must be a <title>", not a regular expression.
 export const Name = Type.String({
   pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$',
-  description: 'letters, digits, . _ -; starts with a letter or digit',
+  title: 'name of 1-128 letters, digits, ".", "_" or "-", starting with a letter or digit',
 });
+
+export const Site = Type.String({
+  pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$',
+  title: 'site code of 1-64 letters, digits, ".", "_" or "-"',
+});
+
+export const ClockTime = Type.String({
+  pattern: '^([01][0-9]|2[0-3]):[0-5][0-9]$',
+  title: 'time of day as HH:MM (00:00-23:59)',
+});
+
+/** A non-negative integer in a query string (query values arrive as text). */
+export const QueryInt = (digits: number) =>
+  Type.String({
+    pattern: `^[0-9]{1,${digits}}$`,
+    title: `whole number of at most ${digits} digits`,
+  });
 
 export const listOf = (item: TSchema) => Type.Object({ items: Type.Array(item) });
 

@@ -2,12 +2,8 @@ import { Type } from '@sinclair/typebox';
 import { ReimageError } from '../../errors.js';
 import type { App } from '../app.js';
 import { parseCidr } from '../site.js';
-import { audit, listOf, Name, RefParams, responses } from './common.js';
+import { audit, ClockTime, listOf, Name, RefParams, responses, Site } from './common.js';
 
-const Time = Type.String({
-  pattern: '^([01][0-9]|2[0-3]):[0-5][0-9]$',
-  description: 'HH:MM, local time of the DP',
-});
 const Bandwidth = Type.Object(
   {
     rateLimitKbps: Type.Optional(
@@ -29,8 +25,8 @@ const Bandwidth = Type.Object(
                 { uniqueItems: true },
               ),
             ),
-            from: Time,
-            to: Time,
+            from: ClockTime,
+            to: ClockTime,
           },
           { additionalProperties: false },
         ),
@@ -47,6 +43,7 @@ const Address = Type.String({
   minLength: 1,
   maxLength: 2000,
   pattern: '^(/|file://|https?://|smb://)',
+  title: 'folder (/path or file://…), share (smb://…) or http(s):// URL',
   description:
     'a folder (/path or file://), a share (smb://host/share/path), or an http(s) URL of a static server',
 });
@@ -54,7 +51,6 @@ const Boundaries = Type.Array(Type.String({ maxLength: 64 }), {
   maxItems: 1000,
   description: 'subnets the DP serves (CIDR)',
 });
-const Site = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$' });
 
 const Dp = Type.Object({
   id: Type.String(),

@@ -1,7 +1,7 @@
 import { Type } from '@sinclair/typebox';
 import type { Catalog, ImageRecord } from '../../catalog/catalog.js';
 import type { ContentStore } from '../../content/store.js';
-import { ReimageError } from '../../errors.js';
+import { isReimageError, ReimageError } from '../../errors.js';
 import { ImageLibrary } from '../../image/library.js';
 import type { ImageRecord as StoredImage } from '../../image/library.js';
 import type { App } from '../app.js';
@@ -103,7 +103,21 @@ export function imageRoutes(app: App): void {
       const store = app.deps.store;
       if (!store) throw new ReimageError('IMAGE_NOT_FOUND', 'This server has no image library.');
       const lib = new ImageLibrary(store);
-      const rec = lib.resolve(req.body.ref);
+      let rec: StoredImage;
+      try {
+        rec = lib.resolve(req.body.ref);
+      } catch (e) {
+        // The library's own message names its folder on the server: not the client's business.
+        if (isReimageError(e, 'IMAGE_NOT_FOUND'))
+          throw new ReimageError(
+            'IMAGE_NOT_FOUND',
+            `No image '${req.body.ref}' in the server's library.`,
+            {
+              details: { image: req.body.ref },
+            },
+          );
+        throw e;
+      }
       const name = lib.namesOf(rec.id)[0] ?? rec.properties.name;
       const image = await app.deps.catalog.transaction(async (tx) => {
         const r = await tx.registerImage(

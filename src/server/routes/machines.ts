@@ -4,7 +4,7 @@ import type { Machine } from '../../catalog/catalog.js';
 import { ReimageError } from '../../errors.js';
 import type { App } from '../app.js';
 import { newSecret, secretHash } from '../credentials.js';
-import { audit, listOf, RefParams, responses } from './common.js';
+import { audit, listOf, RefParams, responses, Site } from './common.js';
 
 const Str = (max = 200) => Type.String({ maxLength: max });
 const Gb = Type.Number({ minimum: 0, maximum: 1e7 });
@@ -24,9 +24,15 @@ export const Inventory = Type.Object(
     memoryGb: Type.Optional(Gb),
     cpuCount: Type.Optional(Type.Integer({ minimum: 0, maximum: 100000 })),
     macs: Type.Optional(
-      Type.Array(Type.String({ pattern: '^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$' }), {
-        maxItems: 64,
-      }),
+      Type.Array(
+        Type.String({
+          pattern: '^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$',
+          title: 'MAC address like 52:54:00:12:34:56',
+        }),
+        {
+          maxItems: 64,
+        },
+      ),
     ),
     ips: Type.Optional(Type.Array(Str(64), { maxItems: 64 })),
   },
@@ -34,8 +40,10 @@ export const Inventory = Type.Object(
 );
 export type Inventory = Static<typeof Inventory>;
 
-const Tag = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$' });
-const Site = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$' });
+const Tag = Type.String({
+  pattern: '^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$',
+  title: 'tag of 1-64 letters, digits, ".", "_", ":" or "-"',
+});
 
 export const MachineSchema = Type.Object({
   id: Type.String({ description: 'the GUID' }),

@@ -141,7 +141,7 @@ async function prepare(
   const image = await resolveImage(tx, definition, defFile);
   // A marker means "keep the stored value": put stored values back, then take them all out again.
   const old = previous ? await packageSecretsOf(app, tx, previous) : {};
-  const split = splitSecrets(joinSecrets(settings, old));
+  const split = splitSecrets(joinSecrets(settings, old, setFile));
   const secrets = split.secrets;
   const sealed =
     Object.keys(secrets).length > 0

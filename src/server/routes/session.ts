@@ -32,7 +32,10 @@ const Password = Type.String({
   maxLength: 1024,
   description: 'at least 12 characters',
 });
-const Username = Type.String({ pattern: '^[a-z_][a-z0-9_.-]{0,63}$' });
+const Username = Type.String({
+  pattern: '^[a-z_][a-z0-9_.-]{0,63}$',
+  title: 'user name of 1-64 lowercase letters, digits, "_", "." or "-"',
+});
 
 const LOGIN_TOKEN_HOURS = 12;
 

@@ -1,7 +1,7 @@
 import { Type } from '@sinclair/typebox';
 import { renderStatusText, statusMessage, statusMessages } from '../../status/messages.js';
 import type { App } from '../app.js';
-import { listOf, RefParams, responses } from './common.js';
+import { listOf, QueryInt, RefParams, responses } from './common.js';
 
 const StatusOut = Type.Object({
   machineId: Type.String(),
@@ -40,8 +40,8 @@ export function statusRoutes(app: App): void {
           {
             machine: Type.Optional(Type.String({ maxLength: 300 })),
             advertisement: Type.Optional(Type.String({ maxLength: 300 })),
-            afterSeq: Type.Optional(Type.String({ pattern: '^[0-9]{1,10}$' })),
-            limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,5}$' })),
+            afterSeq: Type.Optional(QueryInt(10)),
+            limit: Type.Optional(QueryInt(5)),
           },
           { additionalProperties: false },
         ),
@@ -128,7 +128,7 @@ export function statusRoutes(app: App): void {
       schema: {
         tags: ['audit'],
         querystring: Type.Object(
-          { limit: Type.Optional(Type.String({ pattern: '^[0-9]{1,4}$' })) },
+          { limit: Type.Optional(QueryInt(4)) },
           { additionalProperties: false },
         ),
         response: responses(listOf(Audit)),
