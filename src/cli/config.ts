@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { ReimageError } from '../errors.js';
+import { writeAtomic } from '../content/store.js';
 
 export type SettingSource = 'flag' | 'env' | 'file';
 
@@ -108,20 +109,7 @@ export async function saveConnection(file: string, connection: SavedConnection):
   if (nonEmpty(connection.fingerprint)) body.fingerprint = connection.fingerprint;
 
   await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  const tmp = `${file}.${process.pid}.${Date.now()}.tmp`;
-  const handle = await fs.open(tmp, 'wx', 0o600);
-  try {
-    await handle.writeFile(`${JSON.stringify(body, null, 2)}\n`, 'utf8');
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  try {
-    await fs.rename(tmp, file);
-  } catch (e) {
-    await fs.rm(tmp, { force: true });
-    throw e;
-  }
+  writeAtomic(file, `${JSON.stringify(body, null, 2)}\n`, true, 0o600);
 }
 
 async function readConfigFile(file: string): Promise<Partial<SavedConnection> | undefined> {

@@ -496,10 +496,18 @@ export function writeAll(fd: number, data: Uint8Array, position?: number): void 
   }
 }
 
-/** Write to a temporary name beside the target, then rename: readers see old or new, never half. */
-export function writeAtomic(path: string, data: string | Uint8Array, sync = false): void {
+/**
+ * Write to a temporary name beside the target, then rename: readers see old or new, never half.
+ * `mode` applies from creation (a key file is never readable by others, not even briefly).
+ */
+export function writeAtomic(
+  path: string,
+  data: string | Uint8Array,
+  sync = false,
+  mode = 0o666,
+): void {
   const tmp = `${path}.tmp-${process.pid}-${randomUUID().slice(0, 8)}`;
-  const fd = openSync(tmp, 'wx');
+  const fd = openSync(tmp, 'wx', mode);
   try {
     try {
       if (typeof data === 'string') writeAll(fd, Buffer.from(data));

@@ -1,7 +1,8 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { ReimageError } from '../errors.js';
+import { writeAtomic } from '../content/store.js';
 
 const VERSION = 'v1';
 
@@ -35,9 +36,7 @@ export class SecretBox {
     if (text === undefined) {
       const key = randomBytes(32);
       mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
-      const tmp = `${file}.${process.pid}.tmp`;
-      writeFileSync(tmp, key.toString('base64') + '\n', { mode: 0o600, flag: 'wx' });
-      renameSync(tmp, file);
+      writeAtomic(file, key.toString('base64') + '\n', true, 0o600);
       return new SecretBox(key);
     }
     const key = Buffer.from(text.trim(), 'base64');

@@ -12,6 +12,7 @@ import path from 'node:path';
 import { generate } from 'selfsigned';
 
 import { ReimageError } from '../errors.js';
+import { writeAtomic } from '../content/store.js';
 
 /** The certificate and key the server listens with. */
 export interface ServerCertificate {
@@ -210,8 +211,8 @@ async function createSelfSigned(
 
   await fs.mkdir(dir, { recursive: true, mode: 0o700 });
   await fs.chmod(dir, 0o700);
-  await writeAtomic(keyPath, made.private, 0o600);
-  await writeAtomic(certPath, made.cert, 0o644);
+  writeAtomic(keyPath, made.private, true, 0o600);
+  writeAtomic(certPath, made.cert, true, 0o644);
 
   const x509 = new X509Certificate(made.cert);
   return {
@@ -221,24 +222,6 @@ async function createSelfSigned(
     selfSigned: true,
     notAfter: new Date(x509.validTo),
   };
-}
-
-/** Writes a new file beside `file` with `mode` from the start, then renames it over `file`. */
-async function writeAtomic(file: string, text: string, mode: number): Promise<void> {
-  const tmp = `${file}.${process.pid}.${Date.now()}.tmp`;
-  const handle = await fs.open(tmp, 'wx', mode);
-  try {
-    await handle.writeFile(text, 'utf8');
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  try {
-    await fs.rename(tmp, file);
-  } catch (e) {
-    await fs.rm(tmp, { force: true });
-    throw e;
-  }
 }
 
 async function readText(file: string, what: string): Promise<string> {
