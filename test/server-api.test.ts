@@ -14,6 +14,7 @@ import {
   createAdvertisement,
   createCollection,
   createDp,
+  createEnrollmentToken,
   createPackage,
   enrollMachine,
   exampleSettings,
@@ -276,6 +277,49 @@ forEachDatabase('management API', (get) => {
     assert.equal(r.status, 400);
     assert.equal(r.body.error.code, 'POLICY_LOOSENED');
     assert.match(r.body.error.message, /postpone/i);
+  });
+
+  it('lets concurrent enrollments each take one use of a token, and no more', async () => {
+    const s = get();
+    const { token } = await createEnrollmentToken(s, { uses: 8 });
+    const results = await Promise.all(
+      Array.from({ length: 10 }, (_, i) =>
+        s.call('POST', '/api/v1/client/enroll', {
+          token: null,
+          body: { token, name: `rush-${i}`, inventory: {} },
+        }),
+      ),
+    );
+    assert.deepEqual(results.map((r) => r.status).sort(), [...Array(8).fill(201), 401, 401]);
+  });
+
+  it('keeps package revisions counting when updates race', async () => {
+    const s = get();
+    const shown = await s.call<PackageRecord>('GET', '/api/v1/packages/desktop@1.0', {
+      role: 'read-only',
+    });
+    const before = shown.body.revision;
+    const updates = await Promise.all(
+      Array.from({ length: 4 }, () =>
+        s.call('PUT', '/api/v1/packages/desktop@1.0', {
+          role: 'operator',
+          body: packageFiles({
+            name: 'desktop',
+            version: '1.0',
+            image: 'debian-12-base',
+            settings: shown.body.settings as Record<string, unknown>,
+          }),
+        }),
+      ),
+    );
+    assert.ok(
+      updates.every((u) => u.status === 200),
+      updates.map((u) => u.raw).join('\n'),
+    );
+    const after = await s.call<PackageRecord>('GET', '/api/v1/packages/desktop@1.0', {
+      role: 'read-only',
+    });
+    assert.equal(after.body.revision, before + 4);
   });
 
   it('keeps an audit log of admin changes', async () => {

@@ -896,6 +896,68 @@ const badInputs: BadInput[] = [
     expectMessage: 'last enabled admin',
   },
   {
+    name: 'disabling the last admin while naming its role',
+    request: () => ({
+      method: 'PATCH',
+      url: '/api/v1/users/admin',
+      body: { role: 'admin', disabled: true },
+    }),
+    expectStatus: 409,
+    expectCode: 'IN_USE',
+    expectMessage: 'last enabled admin',
+  },
+  // ---- what PostgreSQL and SQLite would treat differently, refused alike
+  {
+    name: 'a NUL character in a login name (no credentials needed)',
+    request: () => ({
+      method: 'POST',
+      url: '/api/v1/auth/login',
+      token: null,
+      body: { username: 'a\u0000b', password: 'whatever-long-enough' },
+    }),
+    expectStatus: 400,
+    expectCode: 'VALIDATION_FAILED',
+    expectMessage: 'NUL',
+  },
+  {
+    name: 'a NUL character in a URL parameter',
+    request: () => ({ method: 'GET', url: '/api/v1/packages/a%00b', role: 'read-only' }),
+    expectStatus: 400,
+    expectCode: 'VALIDATION_FAILED',
+    expectMessage: 'NUL',
+  },
+  {
+    name: 'a sequence number past what the catalog stores',
+    request: () => ({
+      method: 'GET',
+      url: '/api/v1/status?afterSeq=9999999999',
+      role: 'read-only',
+    }),
+    expectStatus: 400,
+    expectCode: 'VALIDATION_FAILED',
+    expectMessage: 'afterSeq',
+  },
+  {
+    name: 'a malformed percent-encoded URL',
+    request: () => ({ method: 'GET', url: '/api/v1/packages/%E0%A4%A', role: 'read-only' }),
+    expectStatus: 400,
+    expectCode: 'VALIDATION_FAILED',
+    expectMessage: 'percent-encoding',
+  },
+  {
+    name: 'status properties nested very deep',
+    request: (w) =>
+      status(w, {
+        machineId: w.a.id,
+        messages: statusMessages([900], () => ({
+          a: JSON.parse('['.repeat(1000) + ']'.repeat(1000)) as unknown,
+        })),
+      }),
+    expectStatus: 400,
+    expectCode: 'VALIDATION_FAILED',
+    expectMessage: 'deeper',
+  },
+  {
     name: 'demoting the last admin',
     request: () => ({ method: 'PATCH', url: '/api/v1/users/admin', body: { role: 'operator' } }),
     expectStatus: 409,

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { sql } from 'kysely';
 import type { Kysely, Transaction } from 'kysely';
 import { ReimageError } from '../errors.js';
 import type { CatalogDb, Dialect } from './db.js';
@@ -378,6 +379,10 @@ export class Catalog {
     await this.q.deleteFrom('api_tokens').where('expires_at', '<=', this.now()).execute();
   }
 
+  async deleteUserTokens(userId: string): Promise<void> {
+    await this.q.deleteFrom('api_tokens').where('user_id', '=', userId).execute();
+  }
+
   async deleteToken(id: string): Promise<boolean> {
     const r = await this.q.deleteFrom('api_tokens').where('id', '=', id).executeTakeFirst();
     return Number(r.numDeletedRows) > 0;
@@ -512,7 +517,7 @@ export class Catalog {
           definition: toJson(p.definition),
           settings: toJson(p.settings),
           secrets: p.secrets,
-          revision: current.revision + 1,
+          revision: sql<number>`revision + 1`,
           updated_at: this.now(),
         })
         .where('id', '=', id)
@@ -534,6 +539,27 @@ export class Catalog {
   /** By id, `name@version`, or name alone when only one version exists (else the newest by creation). */
   async getPackage(ref: string): Promise<PackageRecord> {
     return pkg(await this.packageRow(ref));
+  }
+
+  /**
+   * Holds the package row until the transaction ends, so that checks across rows (an
+   * advertisement may only tighten its package; revisions count up) are not raced by another
+   * server process. SQLite runs one write transaction at a time already.
+   */
+  async lockPackage(id: string): Promise<void> {
+    if (this.dialect === 'postgres')
+      await this.q.selectFrom('packages').select('id').where('id', '=', id).forUpdate().execute();
+  }
+
+  /** Like lockPackage, for the set of admins (the last enabled admin cannot be removed). */
+  async lockAdmins(): Promise<void> {
+    if (this.dialect === 'postgres')
+      await this.q
+        .selectFrom('users')
+        .select('id')
+        .where('role', '=', 'admin')
+        .forUpdate()
+        .execute();
   }
 
   /** The stored ciphertext of a package's secrets (null when it has none). */
@@ -736,13 +762,17 @@ export class Catalog {
     )
       return undefined;
     if (r.uses_left !== null) {
+      // One statement that decrements only while uses are left: concurrent enrollments (even on
+      // several server processes) each take one use, and none takes the last use twice.
       const u = await this.q
         .updateTable('enrollment_tokens')
-        .set({ uses_left: r.uses_left - 1 })
+        .set((e) => ({ uses_left: e('uses_left', '-', 1) }))
         .where('id', '=', r.id)
-        .where('uses_left', '=', r.uses_left)
+        .where('uses_left', '>', 0)
+        .returning('uses_left')
         .executeTakeFirst();
-      if (Number(u.numUpdatedRows) !== 1) return undefined; // a concurrent enrollment took the last use
+      if (!u) return undefined; // the last use went to a concurrent enrollment
+      return this.enrollmentToken({ ...r, uses_left: u.uses_left });
     }
     return this.enrollmentToken(r);
   }

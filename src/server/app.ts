@@ -69,6 +69,18 @@ export async function createServer(deps: ServerDeps) {
     ...(deps.https ? { https: { cert: deps.https.cert, key: deps.https.key } } : {}),
     bodyLimit: deps.bodyLimit ?? 1024 * 1024,
     // Unknown keys are refused, not silently dropped, so a typo never changes nothing quietly.
+    // Errors fastify raises before routing (a malformed URL) get the same envelope as ours.
+    frameworkErrors: (err, req, reply) => {
+      void replyError(
+        err.code === 'FST_ERR_BAD_URL'
+          ? new ReimageError('VALIDATION_FAILED', 'The URL is not valid (bad percent-encoding).', {
+              details: { problems: [{ path: 'url', message: 'bad percent-encoding' }] },
+            })
+          : err,
+        req,
+        reply,
+      );
+    },
     ajv: {
       customOptions: {
         removeAdditional: false,
@@ -106,6 +118,22 @@ export async function createServer(deps: ServerDeps) {
   app.addHook('onRequest', async (req) => {
     await authenticate(req, deps);
   });
+  // PostgreSQL text cannot hold NUL, SQLite can: refuse it everywhere, so both behave alike.
+  app.addHook('preValidation', async (req) => {
+    for (const [part, value] of [
+      ['params', req.params],
+      ['query', req.query],
+      ['body', req.body],
+    ] as const)
+      if (hasNul(value))
+        throw new ReimageError(
+          'VALIDATION_FAILED',
+          `The request ${part} contains a NUL character.`,
+          {
+            details: { problems: [{ path: part, message: 'contains a NUL (\\u0000) character' }] },
+          },
+        );
+  });
 
   app.setErrorHandler((err: FastifyError | ReimageError, req, reply) =>
     replyError(err, req, reply),
@@ -122,6 +150,12 @@ export async function createServer(deps: ServerDeps) {
 
   await registerRoutes(app);
   return app;
+}
+
+function hasNul(v: unknown, depth = 0): boolean {
+  if (typeof v === 'string') return v.includes('\u0000');
+  if (v === null || typeof v !== 'object' || depth > 64) return false;
+  return Object.entries(v).some(([k, x]) => k.includes('\u0000') || hasNul(x, depth + 1));
 }
 
 /** The one place an error becomes a response: `{ error: { code, message, details } }`. */

@@ -219,7 +219,8 @@ export function advertisementRoutes(app: App): void {
       checkSchedule(b.schedule, b.availableFrom, policy);
       const ad = await app.deps.catalog.transaction(async (tx) => {
         const { pkg, col } = await refs(tx, b.package, b.collection);
-        checkTightenOnly(pkg!.settings as DeploymentSettings, policy);
+        await tx.lockPackage(pkg!.id);
+        checkTightenOnly((await tx.getPackage(pkg!.id)).settings as DeploymentSettings, policy);
         const created = await tx.createAdvertisement({
           name: b.name,
           packageId: pkg!.id,
@@ -276,10 +277,10 @@ export function advertisementRoutes(app: App): void {
           b.availableFrom === undefined ? ad.availableFrom : b.availableFrom,
           policy,
         );
-        checkTightenOnly(
-          (pkg ?? (await tx.getPackage(ad.packageId))).settings as DeploymentSettings,
-          policy,
-        );
+        // Locked, then read: a concurrent package update cannot slip in between check and write.
+        const packageId = pkg?.id ?? ad.packageId;
+        await tx.lockPackage(packageId);
+        checkTightenOnly((await tx.getPackage(packageId)).settings as DeploymentSettings, policy);
         const updated = await tx.updateAdvertisement(ad.id, {
           packageId: pkg?.id,
           collectionId: col?.id,

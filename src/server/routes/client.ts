@@ -40,18 +40,36 @@ const StatusIn = Type.Object(
 /** Property names whose values are never stored, whatever a client sends. */
 const SECRET_KEY = /pass(word)?|secret|token|credential|product.?key|private.?key/i;
 
-function redactProperties(props: Record<string, unknown>): Record<string, unknown> {
+/** Properties nest at most this deep (status properties are small records, not documents). */
+const MAX_PROPERTY_DEPTH = 8;
+
+function redactProperties(props: Record<string, unknown>, depth = 0): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(props))
-    out[k] = SECRET_KEY.test(k) ? '[redacted]' : redactValue(v);
+    out[k] = SECRET_KEY.test(k) ? '[redacted]' : redactValue(v, depth + 1);
   return out;
 }
 
 /** Lists too: `[{ password: … }]` hides a secret as well as `{ password: … }` does. */
-function redactValue(v: unknown): unknown {
-  if (Array.isArray(v)) return v.map(redactValue);
-  if (v !== null && typeof v === 'object') return redactProperties(v as Record<string, unknown>);
-  return v;
+function redactValue(v: unknown, depth: number): unknown {
+  if (v === null || typeof v !== 'object') return v;
+  if (depth > MAX_PROPERTY_DEPTH)
+    throw new ReimageError(
+      'VALIDATION_FAILED',
+      `Status properties nest deeper than ${MAX_PROPERTY_DEPTH} levels.`,
+      {
+        details: {
+          problems: [
+            {
+              path: 'body/messages/properties',
+              message: `nested deeper than ${MAX_PROPERTY_DEPTH} levels`,
+            },
+          ],
+        },
+      },
+    );
+  if (Array.isArray(v)) return v.map((x) => redactValue(x, depth + 1));
+  return redactProperties(v as Record<string, unknown>, depth);
 }
 
 /** The endpoints machines call: enroll, report inventory, read their policy, post status. */
@@ -213,7 +231,8 @@ export function clientRoutes(app: App): void {
           phase: def.phase,
           severity: def.severity,
           advertisementId: s.advertisementId ?? null,
-          time: s.time,
+          // One form (UTC) so that timelines sort as text in both databases.
+          time: new Date(s.time).toISOString(),
           properties,
         };
       });

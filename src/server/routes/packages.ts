@@ -242,6 +242,7 @@ export function packageRoutes(app: App): void {
     },
     async (req) =>
       app.deps.catalog.transaction(async (tx) => {
+        await tx.lockPackage((await tx.getPackage(req.params.ref)).id);
         const current = await tx.getPackage(req.params.ref);
         const p = await prepare(app, tx, req.body, current);
         for (const ad of (await tx.listAdvertisements()).filter(

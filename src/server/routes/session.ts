@@ -188,6 +188,8 @@ export function sessionRoutes(app: App): void {
           disabled: req.body.disabled,
           passwordHash,
         });
+        // A new password or a disabled account ends the user's sessions and tokens.
+        if (passwordHash || req.body.disabled) await tx.deleteUserTokens(u.id);
         const what = [
           req.body.role && `role ${req.body.role}`,
           req.body.disabled !== undefined && (req.body.disabled ? 'disabled' : 'enabled'),
@@ -311,7 +313,9 @@ async function refuseLastAdmin(
   role: string | undefined,
   disabled: boolean | undefined,
 ) {
-  if (u.role !== 'admin' || (role === undefined && !disabled) || role === 'admin') return;
+  const staysAdmin = (role ?? u.role) === 'admin' && !disabled;
+  if (u.role !== 'admin' || staysAdmin) return;
+  await tx.lockAdmins();
   const admins = (await tx.listUsers()).filter(
     (x) => x.role === 'admin' && !x.disabled && x.id !== u.id,
   );

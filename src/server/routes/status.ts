@@ -40,7 +40,7 @@ export function statusRoutes(app: App): void {
           {
             machine: Type.Optional(Type.String({ maxLength: 300 })),
             advertisement: Type.Optional(Type.String({ maxLength: 300 })),
-            afterSeq: Type.Optional(QueryInt(10)),
+            afterSeq: Type.Optional(QueryInt(9)),
             limit: Type.Optional(QueryInt(5)),
           },
           { additionalProperties: false },
