@@ -78,4 +78,5 @@ export default tseslint.config(
   room('package', ['content', 'image', 'catalog', 'server', 'agent', 'lab', 'cli', 'client']),
   room('migrate', ['image', 'catalog', 'server', 'agent', 'lab', 'cli', 'package', 'client']),
   room('server', ['agent', 'migrate', 'lab', 'cli', 'client']),
+  room('agent', ['catalog', 'server', 'lab', 'cli', 'package']),
 );
