@@ -198,6 +198,34 @@ export const errorCodes = {
     http: 500,
     help: "The server's secret key cannot decrypt the stored secrets (a different key file than the one they were written with). Restore the server's key file.",
   },
+  STATE_STORE_INVALID: {
+    exit: 1,
+    help: 'No complete state store there: the capture that wrote it did not finish (a store without its manifest is incomplete and ignored), or the store is malformed or from a newer reimage. The message says which; capture the state again.',
+  },
+  STATE_STORE_TAMPERED: {
+    exit: 1,
+    help: 'The state store failed its integrity check: its manifest or a stored file was altered, truncated, swapped or removed; the message names the item. Do not restore from it; `reimage state verify` lists what is intact and `reimage state extract` rescues that.',
+  },
+  STATE_STORE_KEY_INVALID: {
+    exit: 1,
+    help: "The key does not open the state store: it is missing, not 32 bytes in base64, or another key than the store was encrypted with (the message gives both key ids). Use the key from the machine's policy at capture time.",
+  },
+  STATE_STORE_IO_FAILED: {
+    exit: 1,
+    help: 'Reading or writing the state store failed (no space left, no permission, the connection dropped); the message names the file and the system or SMB error. Nothing was committed.',
+  },
+  SHARE_AUTH_FAILED: {
+    exit: 1,
+    help: 'The network share refused the account: a wrong user name or password, or an account that is disabled, locked or not allowed on that share. Fix the credentials in the deployment settings.',
+  },
+  SHARE_UNREACHABLE: {
+    exit: 1,
+    help: 'The network share did not answer (host unknown or down, port blocked), or the server has no share of that name. Check the smb:// address and the network.',
+  },
+  SHARE_CLIENT_UNAVAILABLE: {
+    exit: 1,
+    help: 'Network shares are reached with `smbclient`, which is not installed here: `apt-get install smbclient`.',
+  },
   INTERNAL: {
     exit: 70,
     http: 500,

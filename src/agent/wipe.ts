@@ -4,9 +4,9 @@ import { ReimageError } from '../errors.js';
 
 export interface WipePolicy {
   /** Absolute paths (as the machine sees them) that are the OS: deleted. */
-  osPaths: string[];
+  osPaths: readonly string[];
   /** Absolute paths inside osPaths that survive (the agent's journal, a local state store). */
-  keep: string[];
+  keep: readonly string[];
 }
 
 export interface WipeReport {

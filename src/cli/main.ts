@@ -29,6 +29,7 @@ import {
   withConnection,
 } from './admin.js';
 import { registerServerCommand } from './server-command.js';
+import { registerStateCommands } from './state-command.js';
 
 /**
  * The `reimage` command: `reimage <noun> <verb>`. Only this entry point reads flags and the
@@ -829,6 +830,7 @@ export function buildProgram(): Command {
   // The management server and its admin commands (only this entry point reads the environment).
   registerServerCommand(program, { env: process.env });
   registerAdminCommands(program, { env: process.env, image });
+  registerStateCommands(program, { env: process.env });
 
   return program;
 }

@@ -93,6 +93,20 @@ export const builtinRuleSets = [
 
 export type BuiltinRuleSetName = (typeof builtinRuleSets)[number]['name'];
 
+/**
+ * The rule sets a deployment applies when its settings name none: all but
+ * `data-outside-home` (`defaults.ruleSets` in src/package/schema.ts says the same).
+ */
+export const defaultRuleSets: readonly BuiltinRuleSetName[] = [
+  'user-accounts',
+  'user-desktop-settings',
+  'browser-profiles',
+  'ssh-gpg-keys',
+  'network-shares',
+  'user-documents',
+  'user-pictures-media',
+];
+
 export function isBuiltinRuleSet(name: string): name is BuiltinRuleSetName {
   return builtinRuleSets.some((r) => r.name === name);
 }
@@ -141,5 +155,55 @@ function splitPattern(text: string): RulePattern | string {
   }
   if (location.split('/').includes('..')) return 'must not have ".." segments';
   if (location.includes('\0')) return 'must not contain NUL characters';
+  for (const glob of [...location.split('/'), ...(types ?? [])]) {
+    if (globRegExp(glob) === undefined) {
+      return `has a character class that is not valid in ${JSON.stringify(glob)} (such as [a-z] or [!.])`;
+    }
+  }
   return types ? { location, inHome, types } : { location, inHome };
+}
+
+/**
+ * One path segment's glob as a regular expression: `*` any characters, `?` one character,
+ * `[a-z]`, `[!.]` (or `[^.]`) a class, `\x` the character x; a `[` without its `]` is
+ * literal. Wildcards match a leading "." too. Undefined when a class is not valid (`[z-a]`).
+ */
+export function globRegExp(glob: string, options: { nocase?: boolean } = {}): RegExp | undefined {
+  let re = '';
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i]!;
+    if (c === '\\' && i + 1 < glob.length) {
+      re += escapeRegExp(glob[++i]!);
+    } else if (c === '*') {
+      re += '.*';
+    } else if (c === '?') {
+      re += '.';
+    } else if (c === '[') {
+      // A "]" right after "[" or "[!" belongs to the class.
+      let j = i + 1;
+      if (glob[j] === '!' || glob[j] === '^') j++;
+      if (glob[j] === ']') j++;
+      const close = glob.indexOf(']', j);
+      if (close < 0) {
+        re += '\\[';
+        continue;
+      }
+      let body = glob.slice(i + 1, close);
+      const negate = body.startsWith('!') || body.startsWith('^');
+      if (negate) body = body.slice(1);
+      re += `[${negate ? '^' : ''}${body.replace(/[\\\]^[]/g, '\\$&')}]`;
+      i = close;
+    } else {
+      re += escapeRegExp(c);
+    }
+  }
+  try {
+    return new RegExp(`^${re}$`, options.nocase ? 'isu' : 'su');
+  } catch {
+    return undefined;
+  }
+}
+
+function escapeRegExp(c: string): string {
+  return /[\\^$.*+?()[\]{}|/]/.test(c) ? `\\${c}` : c;
 }
