@@ -230,6 +230,20 @@ forEachDatabase('management API', (get) => {
       'Share-Pass-1',
       "the machine's own policy carries the secret",
     );
+    // The state store key: 32 bytes for this machine and advertisement, readable back by an admin only.
+    assert.equal(Buffer.from(ad.stateStoreKey, 'base64').length, 32);
+    const url = `/api/v1/machines/${lyonMachine.id}/state-store-key?advertisement=desktop-rollout`;
+    const rescue = await s.call<{ key: string }>('GET', url);
+    assert.equal(rescue.body.key, ad.stateStoreKey);
+    assert.equal((await s.call('GET', url, { role: 'operator' })).status, 403);
+    const other = await s.call<Policy>('GET', '/api/v1/client/policy', {
+      token: credentials.get('pc-paris-1')!,
+    });
+    assert.notEqual(
+      other.body.advertisements[0]?.stateStoreKey,
+      ad.stateStoreKey,
+      'one key per machine',
+    );
     credentials.set('pc-lyon-3', lyonMachine.credential);
     // Waves: the first wave holds two of the four members (in a stable order); the others wait.
     const members = await s.call<{ items: Machine[] }>(

@@ -9,6 +9,7 @@ import { Membership } from './membership.js';
 import type { Schedule } from './routes/advertisements.js';
 import { packageSettingsWithSecrets } from './routes/packages.js';
 import { orderLocations } from './site.js';
+import { stateStoreKey } from './state-key.js';
 
 const POLL_SECONDS = 900;
 
@@ -42,6 +43,10 @@ export const Policy = Type.Object({
       settings: Type.Unknown({ description: 'deployment settings, with secrets' }),
       effectivePolicy: Type.Unknown(),
       schedule: Type.Unknown(),
+      stateStoreKey: Type.String({
+        description:
+          'base64 AES-256 key for this machine’s state store in this deployment (derived from the server key; an admin can read it back to rescue a store)',
+      }),
       content: Type.Array(
         Type.Object({
           distributionPoint: Type.String(),
@@ -144,6 +149,7 @@ export async function machinePolicy(deps: ServerDeps, machine: Machine): Promise
       settings,
       effectivePolicy: effectivePolicy(settings, ad.policy as AdvertisementPolicy),
       schedule,
+      stateStoreKey: stateStoreKey(deps, machine.id, ad.id),
       content,
     });
   }

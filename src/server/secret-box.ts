@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { ReimageError } from '../errors.js';
@@ -46,6 +46,15 @@ export class SecretBox {
         `The secret key file ${file} does not hold a 32-byte key.`,
       );
     return new SecretBox(key);
+  }
+
+  /**
+   * A 32-byte key for `context`, derived from the server key (HMAC-SHA256): the same context
+   * always gives the same key, so nothing more needs storing, and no derived key reveals the
+   * server key or another context's key.
+   */
+  derive(context: string): Buffer {
+    return createHmac('sha256', this.key).update(`reimage-derive:${context}`).digest();
   }
 
   seal(plain: unknown, context: string): string {

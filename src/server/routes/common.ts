@@ -52,7 +52,7 @@ export const listOf = (item: TSchema) => Type.Object({ items: Type.Array(item) }
 export function audit(
   tx: Catalog,
   req: FastifyRequest,
-  action: 'create' | 'update' | 'delete' | 'register' | 'login' | 'revoke',
+  action: 'create' | 'update' | 'delete' | 'register' | 'login' | 'revoke' | 'read-secret',
   kind: string,
   target: string,
   summary = '',

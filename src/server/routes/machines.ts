@@ -4,6 +4,7 @@ import type { Machine } from '../../catalog/catalog.js';
 import { ReimageError } from '../../errors.js';
 import type { App } from '../app.js';
 import { newSecret, secretHash } from '../credentials.js';
+import { stateStoreKey } from '../state-key.js';
 import { audit, listOf, RefParams, responses, Site } from './common.js';
 
 const Str = (max = 200) => Type.String({ maxLength: max });
@@ -138,6 +139,48 @@ export function machineRoutes(app: App): void {
       });
       return reply.status(204).send();
     },
+  );
+
+  app.get(
+    '/api/v1/machines/:ref/state-store-key',
+    {
+      config: { access: 'admin' },
+      schema: {
+        tags: ['machines'],
+        summary:
+          'The key of a machine’s state store for one advertisement, to rescue the store by hand (`reimage state extract`); audited',
+        params: RefParams,
+        querystring: Type.Object(
+          { advertisement: Type.String({ minLength: 1, maxLength: 300 }) },
+          { additionalProperties: false },
+        ),
+        response: responses(
+          Type.Object({
+            machineId: Type.String(),
+            advertisementId: Type.String(),
+            key: Type.String(),
+          }),
+        ),
+      },
+    },
+    async (req) =>
+      app.deps.catalog.transaction(async (tx) => {
+        const m = await tx.getMachine(req.params.ref);
+        const ad = await tx.getAdvertisement(req.query.advertisement);
+        await audit(
+          tx,
+          req,
+          'read-secret',
+          'state store key',
+          `${m.name} ${m.id}`,
+          `advertisement ${ad.name}`,
+        );
+        return {
+          machineId: m.id,
+          advertisementId: ad.id,
+          key: stateStoreKey(app.deps, m.id, ad.id),
+        };
+      }),
   );
 
   app.get(
