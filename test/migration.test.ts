@@ -177,6 +177,24 @@ describe('state migration: capture → wipe → new OS → restore', () => {
     assert.equal(noKey.json.error.code, 'STATE_STORE_KEY_INVALID');
   });
 
+  it('configures the client fresh when the settings say so', async () => {
+    const other = join(base, 'fresh-client');
+    await makeNewOsTree(other, { osVersion: '13' });
+    const r = await restoreState({
+      root: other,
+      backend: localBackend(storeDir),
+      key,
+      clientState: { guid: 'fresh' },
+    });
+    const dropped = r.skipped
+      .filter((x) => x.reason === 'client state configured fresh')
+      .map((x) => x.path);
+    assert.ok(dropped.includes('etc/reimage/credential'), dropped.join(', '));
+    assert.throws(() => lstatSync(join(other, 'etc/reimage/credential')));
+    for (const f of facts.categories.documents.slice(0, 5))
+      assert.equal(sha(join(other, f)), before_.get(f)?.sha, f);
+  });
+
   it('detects a tampered store, naming the damaged item', async () => {
     const copy = join(base, 'tampered');
     cpSync(storeDir, copy, { recursive: true });

@@ -130,6 +130,12 @@ export interface RestoreStateOptions {
   /** The deployment settings' `machineState` section (secrets decrypted, from the machine's policy). */
   machineState?: MachineStateSettings;
   facts?: PlaceholderFacts & { instanceId?: string };
+  /**
+   * The deployment settings' `clientState` section: `fresh` for the GUID drops the old
+   * client's identity entirely (the new client enrolls anew); `fresh` for the policy drops
+   * the policy cache. Default: everything migrates.
+   */
+  clientState?: { guid?: 'migrate' | 'fresh' | object; policy?: 'migrate' | 'fresh' | object };
 }
 
 export interface RestoreReport {
@@ -188,6 +194,10 @@ export async function restoreState(o: RestoreStateOptions): Promise<RestoreRepor
 
   for (const item of reader.items) {
     if (ACCOUNT_FILES.has(item.path)) continue; // merged above, never copied over the new OS's
+    if (item.kind === 'client-state' && !clientStateMigrates(item.path, o.clientState)) {
+      report.skipped.push({ path: item.path, reason: 'client state configured fresh' });
+      continue;
+    }
     const safe = await safeParent(o.root, item.path);
     if (!safe) {
       report.skipped.push({
@@ -260,6 +270,12 @@ export async function restoreState(o: RestoreStateOptions): Promise<RestoreRepor
     report.machineState.cloudInit = true;
   }
   return report;
+}
+
+function clientStateMigrates(path: string, c: RestoreStateOptions['clientState']): boolean {
+  if (c?.guid === 'fresh') return false;
+  if (c?.policy === 'fresh' && /(^|\/)policy-cache[^/]*$/.test(path)) return false;
+  return true;
 }
 
 const ACCOUNT_FILES = new Set(['etc/passwd', 'etc/shadow', 'etc/group', 'etc/gshadow']);
