@@ -95,7 +95,7 @@ export type BuiltinRuleSetName = (typeof builtinRuleSets)[number]['name'];
 
 /**
  * The rule sets a deployment applies when its settings name none: all but
- * `data-outside-home` (`defaults.ruleSets` in src/package/schema.ts says the same).
+ * `data-outside-home` (src/package/schema.ts takes its `defaults.ruleSets` from here).
  */
 export const defaultRuleSets: readonly BuiltinRuleSetName[] = [
   'user-accounts',

@@ -1,6 +1,6 @@
 import { Type, type Static, type TLiteral, type TSchema, type TUnion } from '@sinclair/typebox';
 
-import { RuleComponent, builtinRuleSets } from '../migrate/rule-format.js';
+import { RuleComponent, builtinRuleSets, defaultRuleSets } from '../migrate/rule-format.js';
 
 /**
  * The schemas of the package documents: the package definition file, the deployment
@@ -36,15 +36,7 @@ export const defaults = {
   countdown: '15m',
   stateStorePath: '/var/lib/reimage/state',
   encrypt: true,
-  ruleSets: [
-    'user-accounts',
-    'user-desktop-settings',
-    'browser-profiles',
-    'ssh-gpg-keys',
-    'network-shares',
-    'user-documents',
-    'user-pictures-media',
-  ],
+  ruleSets: [...defaultRuleSets],
   /** Debian: everything the OS owns. /home, /srv, /mnt and /media are data and stay. */
   osPaths: [
     '/bin',
