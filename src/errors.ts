@@ -226,6 +226,14 @@ export const errorCodes = {
     exit: 1,
     help: 'Network shares are reached with `smbclient`, which is not installed here: `apt-get install smbclient`.',
   },
+  DP_UNREACHABLE: {
+    exit: 1,
+    help: 'A distribution point did not answer (or kept failing) for longer than the retry window. Check its address and the network; the fetch resumes where it stopped when run again.',
+  },
+  DP_FILE_MISSING: {
+    exit: 1,
+    help: 'A distribution point lacks a file the image needs (`details.dp`, `details.path`): the package was not (fully) replicated there. Replicate it again, or let the machine use another DP.',
+  },
   INTERNAL: {
     exit: 70,
     http: 500,

@@ -1,0 +1,138 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/**
+ * A throwaway nginx serving a folder as a passive distribution point: its own nginx.conf,
+ * pid file and logs in a temporary folder, on 127.0.0.1 and a free port. The access log
+ * records `$body_bytes_sent` per request, so a test counts bytes on the server side, not
+ * in the client it is testing.
+ *
+ * Needs Debian's `nginx-light` (or `nginx`). Where it is missing the tests skip, except under
+ * CI (CI=true), where that is a failure.
+ */
+export interface Nginx {
+  /** http://127.0.0.1:PORT/ */
+  url: string;
+  /** Requests logged so far: path, status and body bytes sent. */
+  log(): Array<{ uri: string; status: number; bytes: number }>;
+  /** Body bytes sent so far (optionally only for URIs with this prefix). */
+  bytesSent(prefix?: string): number;
+  stop(): Promise<void>;
+}
+
+function which(tool: string): string | undefined {
+  for (const d of [...(process.env.PATH ?? '').split(':'), '/usr/sbin', '/usr/bin', '/sbin']) {
+    if (d && existsSync(join(d, tool))) return join(d, tool);
+  }
+  return undefined;
+}
+
+/** Why nginx tests cannot run here, or undefined when they can. */
+export function nginxUnavailable(): string | undefined {
+  return which('nginx') ? undefined : 'nginx is not installed (apt-get install nginx-light)';
+}
+
+/** Skip option for node:test: skip locally, fail under CI. */
+export function nginxSkip(): string | false {
+  const why = nginxUnavailable();
+  if (why && process.env.CI) throw new Error(`nginx tests must run in CI: ${why}`);
+  return why ?? false;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => (typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = connect({ host: '127.0.0.1', port }, () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.on('error', () => resolve(false));
+  });
+}
+
+/** Starts nginx serving `root` (read-only, byte ranges are on by default). */
+export async function startNginx(root: string): Promise<Nginx> {
+  const nginx = which('nginx');
+  if (!nginx) throw new Error('nginx is not installed');
+  const dir = mkdtempSync(join(tmpdir(), 'reimage-nginx-'));
+  const port = await freePort();
+  const access = join(dir, 'access.log');
+  const errors = join(dir, 'error.log');
+  const conf = join(dir, 'nginx.conf');
+  writeFileSync(
+    conf,
+    [
+      'daemon off;',
+      'master_process off;',
+      // As root, workers would drop to nobody, who cannot read our private temp folders.
+      ...(process.getuid?.() === 0 ? ['user root;'] : []),
+      `pid ${join(dir, 'nginx.pid')};`,
+      `error_log ${errors} info;`,
+      'events {}',
+      'http {',
+      "  log_format bytes '$request_uri $status $body_bytes_sent';",
+      `  access_log ${access} bytes;`,
+      `  client_body_temp_path ${join(dir, 'body')};`,
+      '  keepalive_requests 10000;',
+      '  server {',
+      `    listen 127.0.0.1:${port};`,
+      `    root ${root};`,
+      '  }',
+      '}',
+      '',
+    ].join('\n'),
+  );
+  const child: ChildProcess = spawn(nginx, ['-c', conf, '-p', dir, '-e', errors], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  let exited = false;
+  child.on('exit', () => (exited = true));
+  const deadline = Date.now() + 10_000;
+  while (!(await canConnect(port))) {
+    if (exited || Date.now() > deadline) {
+      child.kill('SIGKILL');
+      const log = existsSync(errors) ? readFileSync(errors, 'utf8') : '';
+      rmSync(dir, { recursive: true, force: true });
+      throw new Error(`nginx did not start: ${stderr}\n${log}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const log = () =>
+    (existsSync(access) ? readFileSync(access, 'utf8') : '')
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => {
+        const [uri = '', status = '0', bytes = '0'] = line.split(' ');
+        return { uri, status: Number(status), bytes: Number(bytes) };
+      });
+  return {
+    url: `http://127.0.0.1:${port}/`,
+    log,
+    bytesSent: (prefix = '') =>
+      log()
+        .filter((l) => l.uri.startsWith(prefix))
+        .reduce((n, l) => n + l.bytes, 0),
+    stop: async () => {
+      if (!exited) {
+        const gone = new Promise((r) => child.once('exit', r));
+        child.kill('SIGTERM');
+        await gone;
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
