@@ -69,6 +69,19 @@ export interface DistributionPoint {
   updatedAt: string;
 }
 
+export type DistributionState = 'pending' | 'copying' | 'done' | 'failed';
+
+/** A package's content on one distribution point: replication state and progress. */
+export interface Distribution {
+  packageId: string;
+  dpId: string;
+  state: DistributionState;
+  bytesDone: number;
+  bytesTotal: number;
+  error: string | null;
+  updatedAt: string;
+}
+
 export interface Machine {
   id: string;
   name: string;
@@ -678,6 +691,66 @@ export class Catalog {
 
   async deleteDp(id: string): Promise<void> {
     await this.q.deleteFrom('distribution_points').where('id', '=', id).execute();
+  }
+
+  // ---- distribution (replication of packages to DPs) ----
+
+  /** Creates or replaces the state of a package on a DP. */
+  async setDistribution(d: {
+    packageId: string;
+    dpId: string;
+    state: DistributionState;
+    bytesDone?: number;
+    bytesTotal?: number;
+    error?: string | null;
+  }): Promise<Distribution> {
+    const row = {
+      package_id: d.packageId,
+      dp_id: d.dpId,
+      state: d.state,
+      bytes_done: d.bytesDone ?? 0,
+      bytes_total: d.bytesTotal ?? 0,
+      error: d.error ?? null,
+      updated_at: this.now(),
+    };
+    await write({ kind: 'distribution', name: `${d.packageId} on ${d.dpId}` }, () =>
+      this.q
+        .insertInto('distributions')
+        .values(row)
+        .onConflict((oc) =>
+          oc.columns(['package_id', 'dp_id']).doUpdateSet({
+            state: row.state,
+            bytes_done: row.bytes_done,
+            bytes_total: row.bytes_total,
+            error: row.error,
+            updated_at: row.updated_at,
+          }),
+        )
+        .execute(),
+    );
+    return this.distribution(row);
+  }
+
+  async listDistributions(
+    filter: { packageId?: string; dpId?: string } = {},
+  ): Promise<Distribution[]> {
+    let q = this.q.selectFrom('distributions').selectAll();
+    if (filter.packageId) q = q.where('package_id', '=', filter.packageId);
+    if (filter.dpId) q = q.where('dp_id', '=', filter.dpId);
+    const rows = await q.orderBy('package_id').orderBy('dp_id').execute();
+    return rows.map((r) => this.distribution(r));
+  }
+
+  private distribution(r: Tables['distributions']): Distribution {
+    return {
+      packageId: r.package_id,
+      dpId: r.dp_id,
+      state: r.state as DistributionState,
+      bytesDone: num(r.bytes_done),
+      bytesTotal: num(r.bytes_total),
+      error: r.error,
+      updatedAt: r.updated_at,
+    };
   }
 
   private byIdOrName<T extends 'distribution_points' | 'collections' | 'advertisements'>(

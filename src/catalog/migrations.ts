@@ -158,6 +158,26 @@ export const migrations: Record<string, Migration> = {
       await db.schema.createIndex('audit_log_at').on('audit_log').column('at').execute();
     },
   },
+  '0002-distribution': {
+    async up(db: AnyDb) {
+      await db.schema
+        .createTable('distributions')
+        .addColumn('package_id', 'text', (c) =>
+          c.notNull().references('packages.id').onDelete('cascade'),
+        )
+        .addColumn('dp_id', 'text', (c) =>
+          c.notNull().references('distribution_points.id').onDelete('cascade'),
+        )
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('bytes_done', 'bigint', (c) => c.notNull().defaultTo(0))
+        .addColumn('bytes_total', 'bigint', (c) => c.notNull().defaultTo(0))
+        .addColumn('error', 'text')
+        .addColumn('updated_at', 'text', now)
+        .addPrimaryKeyConstraint('distributions_pk', ['package_id', 'dp_id'])
+        .execute();
+      await db.schema.createIndex('distributions_dp').on('distributions').column('dp_id').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

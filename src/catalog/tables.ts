@@ -133,6 +133,17 @@ export interface AuditRow {
   summary: string;
 }
 
+export interface DistributionRow {
+  package_id: string;
+  dp_id: string;
+  /** 'pending' | 'copying' | 'done' | 'failed' */
+  state: string;
+  bytes_done: number | string;
+  bytes_total: number | string;
+  error: string | null;
+  updated_at: string;
+}
+
 export interface Tables {
   users: UserRow;
   api_tokens: ApiTokenRow;
@@ -145,4 +156,5 @@ export interface Tables {
   advertisements: AdvertisementRow;
   status_messages: StatusMessageRow;
   audit_log: AuditRow;
+  distributions: DistributionRow;
 }

@@ -733,6 +733,56 @@ function registerPackage(program: Command, ctx: AdminContext): void {
       print(o, doc, () => toYaml(doc).trimEnd());
     },
   );
+  serverCommand<[string], ConnectionOptions & { dp?: string[] }>(
+    pkg,
+    'distribute <ref>',
+    'copy the package’s content to distribution points (only what they lack; runs on the server; see `package distribution`)',
+    ctx,
+    (c) => same(c).requiredOption('--dp <name...>', 'distribution points by name'),
+    async (api, r, o) => {
+      const res = await api.request<{ items: DistributionRow[] }>(
+        'POST',
+        `/api/v1/packages/${ref(r)}/distribute`,
+        {
+          body: { distributionPoints: o.dp ?? [] },
+        },
+      );
+      print(o, res, () => distributionLines(res.items));
+    },
+  );
+  serverCommand<[string], ConnectionOptions>(
+    pkg,
+    'distribution <ref>',
+    'replication state of a package on each distribution point',
+    ctx,
+    same,
+    async (api, r, o) => {
+      const res = await api.request<{ items: DistributionRow[] }>(
+        'GET',
+        `/api/v1/packages/${ref(r)}/distribution`,
+      );
+      print(o, res, () => distributionLines(res.items));
+    },
+  );
+}
+
+interface DistributionRow {
+  dpName: string;
+  state: string;
+  bytesDone: number;
+  bytesTotal: number;
+  error: string | null;
+  updatedAt: string;
+}
+
+function distributionLines(rows: DistributionRow[]): string {
+  if (rows.length === 0) return 'not distributed to any distribution point';
+  return rows
+    .map((d) => {
+      const pct = d.bytesTotal > 0 ? ` ${Math.floor((100 * d.bytesDone) / d.bytesTotal)}%` : '';
+      return `${d.dpName.padEnd(16)} ${d.state}${d.state === 'copying' ? pct : ''}${d.error ? `: ${d.error}` : ''}`;
+    })
+    .join('\n');
 }
 
 // ------------------------------------------------------------------ distribution points

@@ -269,6 +269,7 @@ export const catalogTables = [
   'advertisements',
   'status_messages',
   'audit_log',
+  'distributions',
 ] as const satisfies readonly (keyof Tables)[];
 
 // A compile-time check that the list above names every table of `Tables`.

@@ -5,6 +5,7 @@ import { clientRoutes } from './client.js';
 import { collectionRoutes } from './collections.js';
 import { responses } from './common.js';
 import { dpRoutes } from './distribution-points.js';
+import { distributionRoutes } from './distribution.js';
 import { imageRoutes } from './images.js';
 import { machineRoutes } from './machines.js';
 import { packageRoutes } from './packages.js';
@@ -40,6 +41,7 @@ export async function registerRoutes(app: App): Promise<void> {
   imageRoutes(app);
   packageRoutes(app);
   dpRoutes(app);
+  distributionRoutes(app);
   machineRoutes(app);
   collectionRoutes(app);
   advertisementRoutes(app);
