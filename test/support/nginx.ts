@@ -1,8 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { canConnect, freePort, serviceSkip } from './services.js';
 
 /**
  * A throwaway nginx serving a folder as a passive distribution point: its own nginx.conf,
@@ -37,29 +37,7 @@ export function nginxUnavailable(): string | undefined {
 
 /** Skip option for node:test: skip locally, fail under CI. */
 export function nginxSkip(): string | false {
-  const why = nginxUnavailable();
-  if (why && process.env.CI) throw new Error(`nginx tests must run in CI: ${why}`);
-  return why ?? false;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => (typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port'))));
-    });
-  });
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const c = connect({ host: '127.0.0.1', port }, () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.on('error', () => resolve(false));
-  });
+  return serviceSkip('nginx', nginxUnavailable());
 }
 
 /** Starts nginx serving `root` (read-only, byte ranges are on by default). */

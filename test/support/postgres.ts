@@ -1,8 +1,8 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort, serviceSkip } from './services.js';
 
 /**
  * A throwaway PostgreSQL cluster for the tests of one file: initdb in a temporary folder,
@@ -35,16 +35,6 @@ function listVersions(): string[] {
   }
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => (typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port'))));
-    });
-  });
-}
-
 /** Why PostgreSQL tests cannot run here, or undefined when they can. */
 export function postgresUnavailable(): string | undefined {
   if (process.env.REIMAGE_TEST_POSTGRES_URL) return undefined;
@@ -58,9 +48,7 @@ export function postgresUnavailable(): string | undefined {
 
 /** Skip option for node:test: skip locally, fail under CI. */
 export function postgresSkip(): string | false {
-  const why = postgresUnavailable();
-  if (why && process.env.CI) throw new Error(`PostgreSQL tests must run in CI: ${why}`);
-  return why ?? false;
+  return serviceSkip('PostgreSQL', postgresUnavailable());
 }
 
 export async function startPostgres(): Promise<Postgres> {

@@ -11,9 +11,9 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
-import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { canConnect, freePort, serviceSkip } from './services.js';
 
 /**
  * A throwaway Samba server for the tests of one file: its own smb.conf, password database and
@@ -57,29 +57,7 @@ export function sambaUnavailable(): string | undefined {
 
 /** Skip option for node:test: skip locally, fail under CI. */
 export function sambaSkip(): string | false {
-  const why = sambaUnavailable();
-  if (why && process.env.CI) throw new Error(`Samba tests must run in CI: ${why}`);
-  return why ?? false;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => (typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port'))));
-    });
-  });
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const c = connect({ host: '127.0.0.1', port }, () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.on('error', () => resolve(false));
-  });
+  return serviceSkip('Samba', sambaUnavailable());
 }
 
 function ensureUser(): { uid: number; gid: number } {
