@@ -3,27 +3,25 @@ import { randomBytes } from 'node:crypto';
 import {
   chmodSync,
   existsSync,
-  lstatSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
-  readlinkSync,
   rmSync,
   statSync,
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { isReimageError, type ErrorCode } from '../src/errors.js';
-import type { StateItem } from '../src/migrate/model.js';
 import { shareBackend, type ShareOptions } from '../src/migrate/share.js';
 import { listStores, StateReader, StateWriter } from '../src/migrate/state-store.js';
 import { randomData } from './support/random.js';
 import { sambaSkip, startSamba, type Samba } from './support/samba.js';
+import { scanItems } from './support/state-items.js';
 
 const skip = sambaSkip();
 const scratch = mkdtempSync(join(tmpdir(), 'reimage-share-test-'));
@@ -55,29 +53,7 @@ function makeTree(bigBytes: number): string {
   return root;
 }
 
-function scan(root: string, dir = root, out: StateItem[] = []): StateItem[] {
-  for (const name of readdirSync(dir).sort()) {
-    const full = join(dir, name);
-    const st = lstatSync(full);
-    const type = st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'file';
-    const item: StateItem = {
-      path: relative(root, full),
-      type,
-      mode: st.mode & 0o7777,
-      uid: st.uid,
-      gid: st.gid,
-      mtimeMs: st.mtimeMs,
-      size: type === 'file' ? st.size : 0,
-      kind: 'user-files',
-      component: 'test',
-      user: 'bob',
-    };
-    if (type === 'symlink') item.target = readlinkSync(full);
-    out.push(item);
-    if (type === 'dir') scan(root, full, out);
-  }
-  return out;
-}
+const scan = (root: string) => scanItems(root, { user: 'bob' });
 
 async function captureTo(o: ShareOptions, root: string, key?: Buffer) {
   const backend = shareBackend(o);

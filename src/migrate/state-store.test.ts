@@ -5,13 +5,11 @@ import {
   chownSync,
   existsSync,
   lchownSync,
-  lstatSync,
   lutimesSync,
   mkdirSync,
   mkdtempSync,
   readFileSync,
   readdirSync,
-  readlinkSync,
   renameSync,
   rmSync,
   statSync,
@@ -24,6 +22,7 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { after, describe, it } from 'node:test';
 
+import { scanItems } from '../../test/support/state-items.js';
 import { randomData } from '../../test/support/random.js';
 import { isReimageError, type ErrorCode } from '../errors.js';
 import type { StateItem } from './model.js';
@@ -102,29 +101,7 @@ function makeTree(): { root: string; secretNames: string[]; secretContents: Buff
   };
 }
 
-/** Items for everything below root, as the rule engine would make them. */
-function scan(root: string, dir = root, out: StateItem[] = []): StateItem[] {
-  for (const name of readdirSync(dir).sort()) {
-    const full = join(dir, name);
-    const st = lstatSync(full);
-    const type = st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'file';
-    const item: StateItem = {
-      path: relative(root, full),
-      type,
-      mode: st.mode & 0o7777,
-      uid: st.uid,
-      gid: st.gid,
-      mtimeMs: st.mtimeMs,
-      size: type === 'file' ? st.size : 0,
-      kind: 'user-files',
-      component: 'test',
-    };
-    if (type === 'symlink') item.target = readlinkSync(full);
-    out.push(item);
-    if (type === 'dir') scan(root, full, out);
-  }
-  return out;
-}
+const scan = (root: string) => scanItems(root);
 
 async function capture(
   backend: StateBackend,
