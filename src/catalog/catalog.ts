@@ -937,6 +937,15 @@ export class Catalog {
     return this.getMachine(id);
   }
 
+  /** Records that the machine was in contact now (one UPDATE; the policy poll and status ingest call it). */
+  async touchMachine(id: string): Promise<void> {
+    await this.q
+      .updateTable('machines')
+      .set({ last_contact_at: this.now() })
+      .where('id', '=', id)
+      .execute();
+  }
+
   async deleteMachine(id: string): Promise<void> {
     await this.q.deleteFrom('machines').where('id', '=', id).execute();
   }

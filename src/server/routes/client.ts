@@ -172,7 +172,7 @@ export function clientRoutes(app: App): void {
     },
     async (req) => {
       const m = machineOf(req);
-      await app.deps.catalog.updateMachine(m.id, { contact: true });
+      await app.deps.catalog.touchMachine(m.id);
       return machinePolicy(app.deps, m);
     },
   );
@@ -244,7 +244,7 @@ export function clientRoutes(app: App): void {
         );
       return app.deps.catalog.transaction(async (tx) => {
         const r = await tx.ingestStatus(m.id, messages);
-        await tx.updateMachine(m.id, { contact: true });
+        await tx.touchMachine(m.id);
         return r;
       });
     },
