@@ -12,6 +12,7 @@ import {
   readSync,
   rmSync,
   statSync,
+  symlinkSync,
   writeFileSync,
   writeSync,
 } from 'node:fs';
@@ -27,7 +28,7 @@ import { PACK_MAGIC } from '../src/content/pack.js';
 import { captureImage } from '../src/image/capture.js';
 import { applyImage } from '../src/image/apply.js';
 import { ImageLibrary } from '../src/image/library.js';
-import { httpRemote } from '../src/content/remote.js';
+import { dirRemote, httpRemote } from '../src/content/remote.js';
 import { fetchImage } from '../src/content/fetch.js';
 import { chunksOfManifest, fetchImageSeeded } from '../src/image/fetch.js';
 import { hashKey } from '../src/content/digest.js';
@@ -206,6 +207,28 @@ describe('seeded and multi-DP fetch', { skip }, () => {
     });
     assert.ok(r.seed!.chunksPresent > 0, 'the second run started from the first one’s chunks');
     const target = join(work, 'applied-c');
+    await applyImage({ store: into, image: v2.id, target });
+    assert.equal(diffListings(listing(v2Tree), listing(target), ['v2', 'applied']), '');
+  });
+
+  test('seeding never follows a symlink out of the old root, nor opens a FIFO', async () => {
+    // The old root's paths lead, through symlinks, to files with exactly the needed data.
+    const evil = join(work, 'evil-root');
+    mkdirSync(join(evil, 'sizes'), { recursive: true });
+    symlinkSync(join(v2Tree, 'big'), join(evil, 'big'));
+    symlinkSync(join(v2Tree, 'sizes', '100k-random'), join(evil, 'sizes', '100k-random'));
+    execFileSync('mkfifo', [join(evil, 'sizes', '100k-text')]);
+    const into = ContentStore.open(join(work, 'machine-evil'), { create: true });
+    const r = await fetchImageSeeded({
+      sources: [dirRemote(join(work, 'dp', 'good'))],
+      imageId: v2.id,
+      into,
+      seedRoot: evil,
+    });
+    assert.equal(r.seed!.chunksFromFiles, 0, 'nothing was read through a symlink');
+    // big/data.bin and big/new.bin (behind a symlinked folder), a symlink, a FIFO.
+    assert.equal(r.seed!.filesSkipped, 4);
+    const target = join(work, 'applied-evil');
     await applyImage({ store: into, image: v2.id, target });
     assert.equal(diffListings(listing(v2Tree), listing(target), ['v2', 'applied']), '');
   });

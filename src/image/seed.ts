@@ -59,7 +59,10 @@ export interface SeedResult {
   /** Bytes read: old files' data plus compressed frames of other stores. */
   bytesRead: number;
   filesRead: number;
-  /** Old files that could not be used: unreadable, not a regular file, or behind a symlink. */
+  /**
+   * Old files that exist but could not be used: unreadable, a symlink or not a regular file,
+   * or behind a symlinked folder (paths absent from the old tree are not counted).
+   */
   filesSkipped: number;
 }
 
@@ -162,7 +165,13 @@ class Seeder {
 
   /** Copies the missing chunks another store has (each one checked against its hash). */
   private async fromStore(store: ContentStore): Promise<void> {
-    const lock = await store.lock('shared', 'seed another store from it');
+    // A shared lock keeps a gc there from deleting packs under us; a read-only store (a
+    // mounted cache) cannot be locked and is read as it is: every chunk is hashed anyway.
+    const lock = await store.lock('shared', 'seed another store from it').catch((e: unknown) => {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EACCES' || code === 'EROFS' || code === 'EPERM') return undefined;
+      throw e;
+    });
     const idx = store.loadIndex();
     const dz = new Decompressor();
     try {
@@ -207,14 +216,14 @@ class Seeder {
         readerFor.close();
       }
     } finally {
-      lock.release();
+      lock?.release();
     }
   }
 
   /** Chunks the old files at the new image's paths and keeps the chunks it needs. */
   private async fromFiles(): Promise<void> {
     const root = Buffer.from(this.opts.root!.replace(/\/+$/, ''));
-    const dirOk = new Map<string, boolean>();
+    const dirOk = new Map<string, 'ok' | 'absent' | 'unsafe'>();
     const buf = Buffer.allocUnsafe(READ_BUF);
     const cuts = new Uint32Array(1024);
     for (const e of this.opts.manifest.entries) {
@@ -227,8 +236,9 @@ class Seeder {
       }
       if (!wants) continue;
       cancelled(this.signal);
-      if (!(await this.parentsAreDirs(root, e.path, dirOk))) {
-        this.result.filesSkipped++;
+      const parents = await this.parentsAreDirs(root, e.path, dirOk);
+      if (parents !== 'ok') {
+        if (parents === 'unsafe') this.result.filesSkipped++;
         continue;
       }
       const path = Buffer.concat([root, Buffer.from('/'), e.path]);
@@ -241,8 +251,11 @@ class Seeder {
           path,
           constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY,
         );
-      } catch {
-        this.result.filesSkipped++;
+      } catch (err) {
+        // Absent in the old tree is the normal case for a new file; anything else (a symlink:
+        // ELOOP, no permission) is a file that could not be used.
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT' && code !== 'ENOTDIR') this.result.filesSkipped++;
         continue;
       }
       try {
@@ -264,29 +277,33 @@ class Seeder {
     }
   }
 
-  /** Whether every parent of `rel` under `root` is a real directory (no symlink). */
+  /**
+   * Whether every parent of `rel` under `root` is a real directory: 'absent' when one does
+   * not exist, 'unsafe' when one is a symlink or another kind of file.
+   */
   private async parentsAreDirs(
     root: Buffer,
     rel: Buffer,
-    cache: Map<string, boolean>,
-  ): Promise<boolean> {
+    cache: Map<string, 'ok' | 'absent' | 'unsafe'>,
+  ): Promise<'ok' | 'absent' | 'unsafe'> {
     let i = rel.indexOf(0x2f);
     while (i >= 0) {
       const key = rel.subarray(0, i).toString('latin1');
-      let ok = cache.get(key);
-      if (ok === undefined) {
+      let state = cache.get(key);
+      if (state === undefined) {
         try {
           const st = await lstat(Buffer.concat([root, Buffer.from('/'), rel.subarray(0, i)]));
-          ok = st.isDirectory();
-        } catch {
-          ok = false;
+          state = st.isDirectory() ? 'ok' : 'unsafe';
+        } catch (err) {
+          const code = (err as NodeJS.ErrnoException).code;
+          state = code === 'ENOENT' || code === 'ENOTDIR' ? 'absent' : 'unsafe';
         }
-        cache.set(key, ok);
+        cache.set(key, state);
       }
-      if (!ok) return false;
+      if (state !== 'ok') return state;
       i = rel.indexOf(0x2f, i + 1);
     }
-    return true;
+    return 'ok';
   }
 
   /** Cuts a file exactly as capture does (same regions, same chunker). */
