@@ -6,11 +6,6 @@
 //     on SIGTERM/SIGINT writes {"down": B, "up": B} (bytes counted at the link) to COUNTS_FILE
 //     and exits. Used to count rsync's, casync's and reimage's bytes on the wire.
 //
-//   node dist/bench/transfer-tool.js fetch DP_URL IMAGE_ID STORE
-//     fetchImage of IMAGE_ID from the DP into STORE (created if missing): only the chunks STORE
-//     lacks are fetched. Prints the fetch's result as JSON. bench/transfer uses it for "the
-//     machine holds the previous image in its local store".
-//
 //   node dist/bench/transfer-tool.js outages DP_URL OLD_ID NEW_ID WORK_DIR
 //     Bytes re-sent per outage. Two machine stores, each holding OLD_ID (fetched straight from
 //     the DP, not counted); then NEW_ID is fetched into the first through a clean link and into
@@ -43,7 +38,6 @@ async function content() {
 function usage(): never {
   process.stderr.write(
     'usage: transfer-tool link TARGET_PORT PORT_FILE COUNTS_FILE\n' +
-      '       transfer-tool fetch DP_URL IMAGE_ID STORE\n' +
       '       transfer-tool outages DP_URL OLD_ID NEW_ID WORK_DIR\n',
   );
   process.exit(64);
@@ -61,18 +55,21 @@ async function link(targetPort: number, portFile: string, countsFile: string): P
 }
 
 async function fetchThrough(
-  dpPort: number,
+  dpUrl: string,
   linkOpts: Omit<LinkOptions, 'target'>,
   imageId: string,
   into: ContentStore,
   timeoutMs: number,
 ) {
   const { httpRemote, fetchImage, chunksOf } = await content();
-  const l = await startLink({ ...linkOpts, target: { host: '127.0.0.1', port: dpPort } });
+  const dp = new URL(dpUrl);
+  const l = await startLink({ ...linkOpts, target: { host: '127.0.0.1', port: Number(dp.port) } });
   const t0 = Date.now();
   try {
+    // The same path on the DP, through the link.
+    const url = new URL(dp.pathname, l.url).toString();
     const r = await fetchImage({
-      sources: [httpRemote(l.url, { timeoutMs, retryForMs: 600_000 })],
+      sources: [httpRemote(url, { timeoutMs, retryForMs: 600_000 })],
       imageId,
       into,
       chunksOf,
@@ -101,7 +98,6 @@ async function outages(dpUrl: string, oldId: string, newId: string, work: string
   const forMs = Number(process.env.OUTAGE_SECS ?? 20) * 1000;
   const rate = Number(process.env.LINK_MBIT ?? 10) * 1e6;
   if (!(n >= 1 && forMs > 0 && rate > 0)) throw new Error('OUTAGES, OUTAGE_SECS, LINK_MBIT: > 0');
-  const dpPort = Number(new URL(dpUrl).port);
   const { ContentStore, httpRemote, fetchImage, chunksOf } = await content();
   const machine = async (name: string) => {
     mkdirSync(work, { recursive: true });
@@ -110,9 +106,9 @@ async function outages(dpUrl: string, oldId: string, newId: string, work: string
     await fetchImage({ sources: [httpRemote(dpUrl)], imageId: oldId, into: store, chunksOf });
     return store;
   };
-  const clean = await fetchThrough(dpPort, {}, newId, await machine('clean'), 30_000);
+  const clean = await fetchThrough(dpUrl, {}, newId, await machine('clean'), 30_000);
   const cut = await fetchThrough(
-    dpPort,
+    dpUrl,
     {
       rateBitsPerSec: rate,
       outages: Array.from({ length: n }, (_, k) => ({
@@ -145,16 +141,6 @@ async function outages(dpUrl: string, oldId: string, newId: string, work: string
 const [cmd, ...args] = process.argv.slice(2);
 if (cmd === 'link' && args.length === 3) {
   await link(Number(args[0]), args[1]!, args[2]!);
-} else if (cmd === 'fetch' && args.length === 3) {
-  const { ContentStore, httpRemote, fetchImage, chunksOf } = await content();
-  const t0 = Date.now();
-  const r = await fetchImage({
-    sources: [httpRemote(args[0]!)],
-    imageId: args[1]!,
-    into: ContentStore.open(args[2]!, { create: true }),
-    chunksOf,
-  });
-  process.stdout.write(JSON.stringify({ ...r, seconds: (Date.now() - t0) / 1000 }) + '\n');
 } else if (cmd === 'outages' && args.length === 4) {
   await outages(args[0]!, args[1]!, args[2]!, args[3]!);
 } else usage();
