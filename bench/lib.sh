@@ -16,8 +16,9 @@ require_root() {
 # ---------------------------------------------------------------------------------------------
 # Tools
 
-# ensure_tools: install the Debian packages that provide missing tools. `apt-get update` runs at
-# most once, and only when something is missing.
+# ensure_tools [TOOL=PACKAGE...]: install the Debian packages that provide missing tools (the
+# common set below plus the ones given). `apt-get update` runs at most once, and only when
+# something is missing.
 ensure_tools() {
   local -A pkg_of=(
     [debootstrap]=debootstrap
@@ -28,7 +29,8 @@ ensure_tools() {
     [losetup]=mount
     [sha256sum]=coreutils
   )
-  local tool missing=()
+  local tool extra missing=()
+  for extra in "$@"; do pkg_of[${extra%%=*}]=${extra#*=}; done
   for tool in "${!pkg_of[@]}"; do
     if [[ $tool == /* ]]; then [[ -x $tool ]] && continue; else command -v "$tool" >/dev/null && continue; fi
     missing+=("${pkg_of[$tool]}")
