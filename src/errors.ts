@@ -234,6 +234,10 @@ export const errorCodes = {
     exit: 1,
     help: 'A distribution point lacks a file the image needs (`details.dp`, `details.path`): the package was not (fully) replicated there. Replicate it again, or let the machine use another DP.',
   },
+  AGENT_STATE_INVALID: {
+    exit: 1,
+    help: "A file of the agent's kept area (`/.reimage`: journal, plan, identity) cannot be read as written. The message names it; the deployment stops there rather than guess.",
+  },
   INTERNAL: {
     exit: 70,
     http: 500,
