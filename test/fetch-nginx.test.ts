@@ -110,7 +110,7 @@ describe('fetch an image from nginx distribution points', { skip }, () => {
       ),
       JSON.stringify(r.badSources),
     );
-    assert.equal(r.packSources[packs[0]!], good.name);
+    assert.ok(r.packSources[packs[0]!]?.includes(good.name), JSON.stringify(r.packSources));
     assert.ok(goodServed <= packBytes * 1.2, `good DP served ${goodServed}`);
 
     const target = join(work, 'applied');
@@ -138,6 +138,8 @@ describe('fetch an image from nginx distribution points', { skip }, () => {
         into: staging,
         chunksOf,
         batchBytes: 1024 * 1024,
+        // One read at a time: a cancel discards the reads in flight, and this test counts bytes.
+        perSource: 1,
         signal: ac.signal,
         onProgress: (p) => {
           if (p.framesFetched > 0) ac.abort();

@@ -28,6 +28,7 @@ import {
   remoteImageShow,
   withConnection,
 } from './admin.js';
+import { registerFetchCommand } from './fetch-command.js';
 import { registerServerCommand } from './server-command.js';
 import { registerStateCommands } from './state-command.js';
 
@@ -829,6 +830,7 @@ export function buildProgram(): Command {
 
   // The management server and its admin commands (only this entry point reads the environment).
   registerServerCommand(program, { env: process.env });
+  registerFetchCommand(image);
   registerAdminCommands(program, { env: process.env, image });
   registerStateCommands(program, { env: process.env });
 

@@ -40,10 +40,19 @@ export interface FetchOptions {
    * record lists is fetched (a superset when packs are shared with other images).
    */
   chunksOf?: (manifest: Buffer) => Iterable<Uint8Array>;
+  /**
+   * The record and manifest, already fetched and verified by `fetchImageHead` (e.g. to seed
+   * the local store from them first): they are not downloaded again.
+   */
+  head?: ImageHead;
   signal?: AbortSignal;
   onProgress?: (p: FetchProgress) => void;
   /** Compressed bytes asked for in one range read (default 8 MiB): bounds memory. */
   batchBytes?: number;
+  /** Sources that work on one pack at the same time (default 3). */
+  maxSources?: number;
+  /** Range reads in flight per source (default 2). */
+  perSource?: number;
 }
 
 export interface FetchResult {
@@ -54,8 +63,8 @@ export interface FetchResult {
   chunksFetched: number;
   /** Chunks the local store already had (local seeding and resume). */
   chunksFromLocal: number;
-  /** Which source delivered each pack that frames were fetched from. */
-  packSources: Record<string, string>;
+  /** The sources that delivered frames of each pack, in preference order. */
+  packSources: Record<string, string[]>;
   /** The source the image record and manifest came from. */
   recordSource: string;
   badSources: BadSource[];
@@ -63,36 +72,156 @@ export interface FetchResult {
   packs: string[];
 }
 
-interface RemoteRecord {
+/** An image record as a DP serves it: only what a fetch needs is checked. */
+export interface RemoteRecord {
   id: string;
   packs: string[];
   [key: string]: unknown;
 }
 
-interface FrameWant {
-  offset: number;
-  length: number;
-  chunks: Array<{ hash: Buffer; offset: number; length: number }>;
+/** An image's record and manifest, verified (the manifest hashes to the id). */
+export interface ImageHead {
+  imageId: string;
+  record: RemoteRecord;
+  /** The compressed manifest, as stored. */
+  z: Buffer;
+  /** The manifest, decompressed. */
+  manifest: Buffer;
+  /** Where they came from: a DP's name, or the local store's root. */
+  source: string;
+  /** True when the local store already had the complete image (nothing to fetch). */
+  complete: boolean;
+  bytesDownloaded: number;
+  badSources: BadSource[];
+}
+
+export interface HeadOptions {
+  sources: RemoteStore[];
+  imageId: string;
+  /** A local store checked first: an image it holds completely needs no download. */
+  into?: ContentStore;
+  signal?: AbortSignal;
+}
+
+function checkArgs(imageId: string, sources: RemoteStore[]): void {
+  if (!isHexId(imageId)) {
+    throw new ReimageError('INVALID_ARGUMENT', `${JSON.stringify(imageId)} is not an image id`);
+  }
+  if (sources.length === 0) {
+    throw new ReimageError('INVALID_ARGUMENT', 'no distribution point to fetch from');
+  }
+}
+
+function cancelledError(signal: AbortSignal | undefined): ReimageError {
+  return new ReimageError('CANCELLED', 'the fetch was cancelled', { cause: signal?.reason });
 }
 
 /**
- * Fetches an image from distribution points into a local store: record and manifest from
- * the first source that has them (the manifest must hash to the id), then only the chunks
- * the local store lacks, frame by frame with coalesced range reads. Every chunk is hashed
- * before it is stored; a source that serves anything wrong for a pack is dropped for that
- * pack and the next one is asked. Verified data is committed as it comes, so running the
- * fetch again after a kill continues where it stopped. The record and manifest are written
- * last, so `apply` never sees an image whose chunks are not all there.
+ * Gets an image's record and manifest: from `into` when it holds the complete image (its
+ * record is written last), else from the first source that serves a record and a manifest
+ * that hashes to the id. A source that serves anything wrong is reported in `badSources`.
+ */
+export async function fetchImageHead(opts: HeadOptions): Promise<ImageHead> {
+  checkArgs(opts.imageId, opts.sources);
+  const id = opts.imageId;
+  const dz = new Decompressor();
+  const bad: BadSource[] = [];
+  if (opts.into) {
+    const localRec = opts.into.readObject('images', `${id}.json`);
+    const localZ = opts.into.readObject('manifests', `${id}.zst`);
+    if (localRec && localZ) {
+      try {
+        const manifest = decompressBounded(dz, localZ, MAX_MANIFEST_BYTES, 'manifest');
+        if (sha256Hex(manifest) === id) {
+          const record = parseRecord(localRec, id, opts.into.root);
+          return {
+            imageId: id,
+            record,
+            z: localZ,
+            manifest,
+            source: opts.into.root,
+            complete: true,
+            bytesDownloaded: 0,
+            badSources: [],
+          };
+        }
+      } catch {
+        // A damaged local copy: fetch it again.
+      }
+    }
+  }
+  let bytesDownloaded = 0;
+  for (const source of opts.sources) {
+    try {
+      const recBuf = await source.readFile(`objects/images/${id}.json`, { signal: opts.signal });
+      bytesDownloaded += recBuf.length;
+      const z = await source.readFile(`objects/manifests/${id}.zst`, { signal: opts.signal });
+      bytesDownloaded += z.length;
+      const record = parseRecord(recBuf, id, source.name);
+      let manifest: Buffer;
+      try {
+        manifest = decompressBounded(dz, z, MAX_MANIFEST_BYTES, `manifest ${id}`);
+      } catch (e) {
+        throw new ReimageError(
+          'MANIFEST_HASH_MISMATCH',
+          `the manifest of image ${id} on ${source.name} cannot be decompressed`,
+          { cause: e },
+        );
+      }
+      if (sha256Hex(manifest) !== id) {
+        throw new ReimageError(
+          'MANIFEST_HASH_MISMATCH',
+          `the manifest of image ${id} on ${source.name} does not hash to its id`,
+          { details: { image: id, dp: source.name } },
+        );
+      }
+      return {
+        imageId: id,
+        record,
+        z,
+        manifest,
+        source: source.name,
+        complete: false,
+        bytesDownloaded,
+        badSources: bad,
+      };
+    } catch (e) {
+      if (isReimageError(e, 'CANCELLED') || opts.signal?.aborted) throw cancelledError(opts.signal);
+      bad.push({
+        source: source.name,
+        ...(isReimageError(e) ? { code: e.code } : {}),
+        reason: (e as Error).message,
+      });
+    }
+  }
+  throw new ReimageError(
+    'IMAGE_NOT_FOUND',
+    `no distribution point has a valid image ${id}: ${bad.map((b) => `${b.source}: ${b.reason}`).join('; ')}`,
+    { details: { image: id, badSources: bad } },
+  );
+}
+
+/**
+ * Fetches an image from distribution points into a local store: record and manifest first
+ * (`fetchImageHead`, or `opts.head`), then only the chunks the local store lacks, frame by
+ * frame with coalesced range reads. Several sources work at once (up to `maxSources` per
+ * pack, `perSource` reads each), the first sources first: a fallback only gets work when
+ * there is more than one batch. Every chunk is hashed before it is stored; a source that
+ * serves anything wrong for a pack is dropped for that pack and its work goes to another.
+ * Verified data is committed as it comes, so running the fetch again after a kill
+ * continues where it stopped. The record and manifest are written last, so `apply` never
+ * sees an image whose chunks are not all there.
  */
 export async function fetchImage(opts: FetchOptions): Promise<FetchResult> {
-  if (!isHexId(opts.imageId)) {
-    throw new ReimageError(
-      'INVALID_ARGUMENT',
-      `${JSON.stringify(opts.imageId)} is not an image id`,
-    );
-  }
-  if (opts.sources.length === 0) {
-    throw new ReimageError('INVALID_ARGUMENT', 'no distribution point to fetch from');
+  checkArgs(opts.imageId, opts.sources);
+  if (opts.head) {
+    const h = opts.head;
+    if (h.imageId !== opts.imageId || sha256Hex(h.manifest) !== opts.imageId) {
+      throw new ReimageError(
+        'INVALID_ARGUMENT',
+        `the record and manifest given are not those of image ${opts.imageId}`,
+      );
+    }
   }
   const lock = await opts.into.lock('shared', `fetch ${opts.imageId}`);
   try {
@@ -102,6 +231,21 @@ export async function fetchImage(opts: FetchOptions): Promise<FetchResult> {
   }
 }
 
+interface FrameWant {
+  offset: number;
+  length: number;
+  chunks: Array<{ hash: Buffer; offset: number; length: number }>;
+}
+
+/** Frames of one pack as one source's index describes them. */
+interface PackIndex {
+  frames: Map<number, FrameWant>;
+  frameOf: Map<string, FrameWant>;
+}
+
+/** A unit of work: read a pack's index (and plan its batches), or fetch chunks of a pack. */
+type Work = { kind: 'index'; pack: string } | { kind: 'frames'; pack: string; keys: string[] };
+
 class Fetch {
   private readonly id: string;
   private readonly into: ContentStore;
@@ -109,29 +253,54 @@ class Fetch {
   private readonly dz = new Decompressor();
   private readonly bad: BadSource[] = [];
   private readonly badFor = new Set<string>();
-  private readonly packSources: Record<string, string> = {};
+  private readonly packSources: Record<string, string[]> = {};
   private known!: ChunkIndex;
   private session!: WriteSession;
+  /** Sessions being committed: their chunks count as present. */
+  private readonly committing: WriteSession[] = [];
+  private commitChain: Promise<void> = Promise.resolve();
   private needed: Set<string> | undefined;
   /** Without `chunksOf`: every chunk named by the indexes of the image's packs. */
   private readonly indexed = new Set<string>();
+  private readonly indexedPacks = new Set<string>();
   private readonly unreadablePacks: string[] = [];
+  private readonly indexes = new Map<string, PackIndex>();
+  private readonly queue: Work[] = [];
+  private inFlight = 0;
+  private wake: () => void = () => {};
+  private changed: Promise<void> = Promise.resolve();
+  private fatal: { error: unknown } | undefined;
   private bytesDownloaded = 0;
   private framesFetched = 0;
   private chunksFetched = 0;
   private chunksFromLocal = 0;
 
   private readonly batchBytes: number;
+  private readonly maxSources: number;
+  private readonly perSource: number;
 
   constructor(private readonly opts: FetchOptions) {
     this.id = opts.imageId;
     this.batchBytes = opts.batchBytes ?? BATCH_BYTES;
+    this.maxSources = Math.max(1, opts.maxSources ?? 3);
+    this.perSource = Math.max(1, opts.perSource ?? 2);
     this.into = opts.into;
     this.signal = opts.signal;
   }
 
   async run(): Promise<FetchResult> {
-    const { source, record, z, manifest } = await this.readImage();
+    const head =
+      this.opts.head ??
+      (await fetchImageHead({
+        sources: this.opts.sources,
+        imageId: this.id,
+        into: this.into,
+        signal: this.signal,
+      }));
+    // A head fetched by the caller (to seed from it) counts as part of this fetch.
+    this.bytesDownloaded += head.bytesDownloaded;
+    this.bad.push(...head.badSources);
+    const { record, z, manifest } = head;
     if (this.opts.chunksOf) {
       this.needed = new Set();
       for (const h of this.opts.chunksOf(manifest)) this.needed.add(hashKey(h));
@@ -142,9 +311,15 @@ class Fetch {
     }
     this.session = this.into.beginSession(this.known);
     try {
-      for (const pack of record.packs) {
-        if (this.needed && this.remaining() === 0) break;
-        await this.fetchPack(pack);
+      if (!this.needed || this.remaining() > 0) {
+        for (const pack of record.packs) this.queue.push({ kind: 'index', pack });
+        this.changed = new Promise((r) => (this.wake = r));
+        const workers: Array<Promise<void>> = [];
+        this.opts.sources.forEach((_, si) => {
+          for (let n = 0; n < this.perSource; n++) workers.push(this.worker(si));
+        });
+        await Promise.all(workers);
+        if (this.fatal) throw this.fatal.error;
       }
       await this.commit(false);
     } catch (e) {
@@ -182,6 +357,10 @@ class Fetch {
     this.into.writeObject('manifests', `${this.id}.zst`, z);
     this.into.writeObject('images', `${this.id}.json`, JSON.stringify(localRecord, null, 2) + '\n');
     this.progress();
+    const order = new Map(this.opts.sources.map((s, i) => [s.name, i]));
+    for (const list of Object.values(this.packSources)) {
+      list.sort((a, b) => (order.get(a) ?? 0) - (order.get(b) ?? 0));
+    }
     return {
       imageId: this.id,
       bytesDownloaded: this.bytesDownloaded,
@@ -189,10 +368,73 @@ class Fetch {
       chunksFetched: this.chunksFetched,
       chunksFromLocal: this.chunksFromLocal,
       packSources: this.packSources,
-      recordSource: source.name,
+      recordSource: head.source,
       badSources: this.bad,
       packs: localRecord.packs,
     };
+  }
+
+  /**
+   * Whether source `si` may work on `pack`: it is not bad for it, and fewer than
+   * `maxSources` sources before it are still good for it (the first good ones work).
+   */
+  private eligible(si: number, pack: string): boolean {
+    const sources = this.opts.sources;
+    if (this.badFor.has(`${sources[si]!.name}\0${pack}`)) return false;
+    let before = 0;
+    for (let j = 0; j < si; j++) if (!this.badFor.has(`${sources[j]!.name}\0${pack}`)) before++;
+    return before < this.maxSources;
+  }
+
+  private anyGoodFor(pack: string): boolean {
+    return this.opts.sources.some((s) => !this.badFor.has(`${s.name}\0${pack}`));
+  }
+
+  private notify(): void {
+    const wake = this.wake;
+    this.changed = new Promise((r) => (this.wake = r));
+    wake();
+  }
+
+  /** One read slot of source `si`: takes the first work it may do until none is left. */
+  private async worker(si: number): Promise<void> {
+    const source = this.opts.sources[si]!;
+    for (;;) {
+      if (this.fatal) return;
+      const at = this.queue.findIndex((w) => this.eligible(si, w.pack));
+      if (at < 0) {
+        if (this.queue.length === 0 && this.inFlight === 0) return;
+        await this.changed;
+        continue;
+      }
+      const w = this.queue.splice(at, 1)[0]!;
+      this.inFlight++;
+      try {
+        if (w.kind === 'index') {
+          // Nothing left to fetch (seeded, or other packs had it): skip the index.
+          if (!this.needed || this.remaining() > 0) await this.planPack(source, w.pack);
+        } else await this.fetchFrames(source, w.pack, w.keys);
+        this.progress();
+        await this.commit(true);
+      } catch (e) {
+        if (!(e instanceof SourceFault)) {
+          this.fatal ??= { error: e };
+        } else {
+          try {
+            this.noteBad(source, w.pack, e.error);
+            if (this.anyGoodFor(w.pack)) this.queue.unshift(w);
+            else if (w.kind === 'index' && !this.indexedPacks.has(w.pack)) {
+              this.unreadablePacks.push(w.pack);
+            }
+          } catch (fatal) {
+            this.fatal ??= { error: fatal };
+          }
+        }
+      } finally {
+        this.inFlight--;
+        this.notify();
+      }
+    }
   }
 
   private remaining(): number {
@@ -203,7 +445,11 @@ class Fetch {
   }
 
   private has(key: string): boolean {
-    return this.known.getByKey(key) !== undefined || this.session.added.has(key);
+    return (
+      this.known.getByKey(key) !== undefined ||
+      this.session.added.has(key) ||
+      this.committing.some((s) => s.added.has(key))
+    );
   }
 
   private wanted(key: string): boolean {
@@ -212,9 +458,7 @@ class Fetch {
 
   private noteBad(source: RemoteStore, pack: string | undefined, e: unknown): void {
     if (isReimageError(e, 'CANCELLED')) throw e;
-    if (this.signal?.aborted) {
-      throw new ReimageError('CANCELLED', 'the fetch was cancelled', { cause: this.signal.reason });
-    }
+    if (this.signal?.aborted) throw cancelledError(this.signal);
     this.bad.push({
       source: source.name,
       ...(pack ? { pack } : {}),
@@ -224,136 +468,131 @@ class Fetch {
     if (pack) this.badFor.add(`${source.name}\0${pack}`);
   }
 
-  private async readImage(): Promise<{
-    source: { name: string };
-    record: RemoteRecord;
-    z: Buffer;
-    manifest: Buffer;
-  }> {
-    // A record in the local store is written only once all its chunks are there: then the
-    // fetch has nothing to download (a re-run after success, or an image already staged).
-    const localRec = this.into.readObject('images', `${this.id}.json`);
-    const localZ = this.into.readObject('manifests', `${this.id}.zst`);
-    if (localRec && localZ) {
-      try {
-        const manifest = decompressBounded(this.dz, localZ, MAX_MANIFEST_BYTES, 'manifest');
-        if (sha256Hex(manifest) === this.id) {
-          const record = parseRecord(localRec, this.id, this.into.root);
-          return { source: { name: this.into.root }, record, z: localZ, manifest };
-        }
-      } catch {
-        // A damaged local copy: fetch it again.
+  /** A source's index of a pack (read once per source and pack, checked like a local one). */
+  private async indexOf(source: RemoteStore, pack: string): Promise<PackIndex> {
+    const key = `${source.name}\0${pack}`;
+    const cached = this.indexes.get(key);
+    if (cached) return cached;
+    const idx = await source.readFile(`packs/${pack.slice(0, 2)}/${pack}.idx`, {
+      signal: this.signal,
+    });
+    this.bytesDownloaded += idx.length;
+    const frames = new Map<number, FrameWant>();
+    const frameOf = new Map<string, FrameWant>();
+    // The remote pack's size is not known without another round trip; a frame beyond
+    // its end fails the range read instead.
+    decodeIndex(idx, Number.MAX_SAFE_INTEGER, pack, (hash, fo, fl, offset, length) => {
+      let f = frames.get(fo);
+      if (!f) frames.set(fo, (f = { offset: fo, length: fl, chunks: [] }));
+      if (f.length !== fl) {
+        throw new ReimageError('PACK_CORRUPT', `pack index ${pack} disagrees on a frame length`);
       }
-    }
-    for (const source of this.opts.sources) {
-      try {
-        const recBuf = await source.readFile(`objects/images/${this.id}.json`, {
-          signal: this.signal,
-        });
-        const z = await source.readFile(`objects/manifests/${this.id}.zst`, {
-          signal: this.signal,
-        });
-        this.bytesDownloaded += recBuf.length + z.length;
-        const record = parseRecord(recBuf, this.id, source.name);
-        let manifest: Buffer;
-        try {
-          manifest = decompressBounded(this.dz, z, MAX_MANIFEST_BYTES, `manifest ${this.id}`);
-        } catch (e) {
-          throw new ReimageError(
-            'MANIFEST_HASH_MISMATCH',
-            `the manifest of image ${this.id} on ${source.name} cannot be decompressed`,
-            { cause: e },
-          );
-        }
-        if (sha256Hex(manifest) !== this.id) {
-          throw new ReimageError(
-            'MANIFEST_HASH_MISMATCH',
-            `the manifest of image ${this.id} on ${source.name} does not hash to its id`,
-            { details: { image: this.id, dp: source.name } },
-          );
-        }
-        return { source, record, z, manifest };
-      } catch (e) {
-        this.noteBad(source, undefined, e);
-      }
-    }
-    throw new ReimageError(
-      'IMAGE_NOT_FOUND',
-      `no distribution point has a valid image ${this.id}: ${this.bad.map((b) => `${b.source}: ${b.reason}`).join('; ')}`,
-      { details: { image: this.id, badSources: this.bad } },
-    );
+      f.chunks.push({ hash, offset, length });
+      frameOf.set(hashKey(hash), f);
+    });
+    const pi = { frames, frameOf };
+    this.indexes.set(key, pi);
+    return pi;
   }
 
-  /** Gets the wanted chunks of one pack, from the first source that serves it correctly. */
-  private async fetchPack(pack: string): Promise<void> {
-    const dir = `packs/${pack.slice(0, 2)}`;
-    let anyIndex = false;
-    for (const source of this.opts.sources) {
-      if (this.badFor.has(`${source.name}\0${pack}`)) continue;
-      try {
-        const idx = await source.readFile(`${dir}/${pack}.idx`, { signal: this.signal });
-        this.bytesDownloaded += idx.length;
-        const frames = new Map<number, FrameWant>();
-        // The remote pack's size is not known without another round trip; a frame beyond
-        // its end fails the range read instead.
-        decodeIndex(idx, Number.MAX_SAFE_INTEGER, pack, (hash, fo, fl, offset, length) => {
-          let f = frames.get(fo);
-          if (!f) frames.set(fo, (f = { offset: fo, length: fl, chunks: [] }));
-          if (f.length !== fl) {
-            throw new ReimageError(
-              'PACK_CORRUPT',
-              `pack index ${pack} disagrees on a frame length`,
-            );
-          }
-          f.chunks.push({ hash, offset, length });
-          if (!this.needed) {
-            const k = hashKey(hash);
-            if (!this.indexed.has(k) && this.known.getByKey(k)) this.chunksFromLocal++;
-            this.indexed.add(k);
-          }
-        });
-        anyIndex = true;
-        const want = [...frames.values()]
-          .filter((f) => f.chunks.some((c) => this.wanted(hashKey(c.hash))))
-          .sort((a, b) => a.offset - b.offset);
-        for (let i = 0; i < want.length;) {
-          const batch: FrameWant[] = [];
-          let bytes = 0;
-          while (
-            i < want.length &&
-            (batch.length === 0 || bytes + want[i]!.length <= this.batchBytes)
-          ) {
-            // Another frame of this batch may have brought its chunks already.
-            if (want[i]!.chunks.some((c) => this.wanted(hashKey(c.hash)))) {
-              batch.push(want[i]!);
-              bytes += want[i]!.length;
-            }
-            i++;
-          }
-          if (batch.length === 0) continue;
-          const data = await source.readRanges(
-            `${dir}/${pack}.pack`,
-            batch.map((f) => ({ offset: f.offset, length: f.length })),
-            { signal: this.signal },
-          );
-          for (let j = 0; j < batch.length; j++) {
-            this.bytesDownloaded += data[j]!.length;
-            this.addFrame(batch[j]!, data[j]!, pack, source);
-          }
-          this.progress();
-          await this.commit(true);
-        }
-        if (want.length > 0) this.packSources[pack] = source.name;
-        return;
-      } catch (e) {
-        this.noteBad(source, pack, e);
+  /** Reads a pack's index and queues its wanted chunks in batches of about `batchBytes`. */
+  private async planPack(source: RemoteStore, pack: string): Promise<void> {
+    let pi: PackIndex;
+    try {
+      pi = await this.indexOf(source, pack);
+    } catch (e) {
+      throw new SourceFault(e);
+    }
+    if (this.indexedPacks.has(pack)) return;
+    this.indexedPacks.add(pack);
+    if (!this.needed) {
+      for (const k of pi.frameOf.keys()) {
+        if (!this.indexed.has(k) && this.known.getByKey(k)) this.chunksFromLocal++;
+        this.indexed.add(k);
       }
     }
-    if (!anyIndex) this.unreadablePacks.push(pack);
+    const want = [...pi.frames.values()]
+      .filter((f) => f.chunks.some((c) => this.wanted(hashKey(c.hash))))
+      .sort((a, b) => a.offset - b.offset);
+    const batches: Work[] = [];
+    let keys: string[] = [];
+    let bytes = 0;
+    for (const f of want) {
+      if (keys.length > 0 && bytes + f.length > this.batchBytes) {
+        batches.push({ kind: 'frames', pack, keys });
+        keys = [];
+        bytes = 0;
+      }
+      for (const c of f.chunks) {
+        const k = hashKey(c.hash);
+        if (this.wanted(k)) keys.push(k);
+      }
+      bytes += f.length;
+    }
+    if (keys.length > 0) batches.push({ kind: 'frames', pack, keys });
+    // Ahead of other packs' indexes: a pack is finished before the next one is started.
+    this.queue.unshift(...batches);
   }
 
-  /** Checks every chunk of a fetched frame against its hash, then stores the frame as is. */
-  private addFrame(f: FrameWant, data: Buffer, pack: string, source: RemoteStore): void {
+  /** Fetches the frames that hold `keys` (those still wanted) from one source. */
+  private async fetchFrames(source: RemoteStore, pack: string, keys: string[]): Promise<void> {
+    const todo = keys.filter((k) => this.wanted(k));
+    if (todo.length === 0) return;
+    const verified: Array<{ f: FrameWant; data: Buffer; records: Buffer; fresh: number }> = [];
+    try {
+      const pi = await this.indexOf(source, pack);
+      const batch = new Set<FrameWant>();
+      for (const k of todo) {
+        const f = pi.frameOf.get(k);
+        if (!f) {
+          throw new ReimageError(
+            'PACK_CORRUPT',
+            `the index of pack ${pack} on ${source.name} lacks chunk ${keyToHex(k)}`,
+            { details: { dp: source.name, pack } },
+          );
+        }
+        batch.add(f);
+      }
+      const frames = [...batch].sort((a, b) => a.offset - b.offset);
+      const data = await source.readRanges(
+        `packs/${pack.slice(0, 2)}/${pack}.pack`,
+        frames.map((f) => ({ offset: f.offset, length: f.length })),
+        { signal: this.signal },
+      );
+      for (let j = 0; j < frames.length; j++) this.bytesDownloaded += data[j]!.length;
+      for (let j = 0; j < frames.length; j++) {
+        const f = frames[j]!;
+        // Frames checked before a bad one are kept: only the rest goes to another source.
+        const { records, fresh } = this.verifyFrame(f, data[j]!, pack, source);
+        verified.push({ f, data: data[j]!, records, fresh });
+      }
+    } catch (e) {
+      this.storeFrames(verified);
+      throw new SourceFault(e);
+    }
+    this.storeFrames(verified);
+    const list = (this.packSources[pack] ??= []);
+    if (!list.includes(source.name)) list.push(source.name);
+  }
+
+  private storeFrames(
+    frames: Array<{ f: FrameWant; data: Buffer; records: Buffer; fresh: number }>,
+  ): void {
+    for (const { data, records, fresh } of frames) {
+      // The compressed frame goes into the local store unchanged: no recompression.
+      this.session.addFrame({ data, chunks: records });
+      this.framesFetched++;
+      this.chunksFetched += fresh;
+    }
+  }
+
+  /** Checks every chunk of a fetched frame against its hash. */
+  private verifyFrame(
+    f: FrameWant,
+    data: Buffer,
+    pack: string,
+    source: RemoteStore,
+  ): { records: Buffer; fresh: number } {
     const where = `frame at ${f.offset} of pack ${pack} from ${source.name}`;
     let raw: Buffer;
     try {
@@ -381,32 +620,40 @@ class Fetch {
       records.writeUInt32LE(c.length, r + 36);
       if (this.wanted(hashKey(c.hash))) fresh++;
     });
-    // The compressed frame goes into the local store unchanged: no recompression.
-    this.session.addFrame({ data, chunks: records });
-    this.framesFetched++;
-    this.chunksFetched += fresh;
+    return { records, fresh };
   }
 
-  /** Moves the session's packs into the store (when `ifLarge`: only once enough is written). */
+  /**
+   * Moves the session's packs into the store (when `ifLarge`: only once enough is written).
+   * A new session takes further frames at once; commits run one after another.
+   */
   private async commit(ifLarge: boolean): Promise<void> {
     const s = this.session;
     if (ifLarge && s.bytesWritten < COMMIT_EVERY) return;
-    const { packOf } = await s.commit();
-    const packNo = new Map<string, number>();
-    for (const [key, loc] of s.added) {
-      const id = packOf(key)!;
-      let no = packNo.get(id);
-      if (no === undefined) packNo.set(id, (no = this.known.addPack(id, this.into.packPath(id))));
-      this.known.set(Buffer.from(key, 'latin1'), {
-        pack: no,
-        frameOffset: loc.frameOffset,
-        frameLength: loc.frameLength,
-        offset: loc.offset,
-        length: loc.length,
-      });
-    }
-    s.close();
     this.session = this.into.beginSession(this.known);
+    this.committing.push(s);
+    const done = this.commitChain.then(async () => {
+      const { packOf } = await s.commit();
+      const packNo = new Map<string, number>();
+      for (const [key, loc] of s.added) {
+        const id = packOf(key)!;
+        let no = packNo.get(id);
+        if (no === undefined) {
+          packNo.set(id, (no = this.known.addPack(id, this.into.packPath(id))));
+        }
+        this.known.set(Buffer.from(key, 'latin1'), {
+          pack: no,
+          frameOffset: loc.frameOffset,
+          frameLength: loc.frameLength,
+          offset: loc.offset,
+          length: loc.length,
+        });
+      }
+      s.close();
+      this.committing.splice(this.committing.indexOf(s), 1);
+    });
+    this.commitChain = done.catch(() => {});
+    await done;
   }
 
   private progress(): void {
@@ -421,6 +668,11 @@ class Fetch {
       chunksNeeded: needed.size,
     });
   }
+}
+
+/** A failure of one source for one piece of work (not of the local store). */
+class SourceFault {
+  constructor(readonly error: unknown) {}
 }
 
 function parseRecord(buf: Buffer, id: string, dp: string): RemoteRecord {

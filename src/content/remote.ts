@@ -113,6 +113,8 @@ export function dirRemote(dir: string): RemoteStore {
 export interface HttpRemoteOptions {
   /** Bandwidth cap for this DP (all requests together); none by default. */
   rateLimitBytesPerSec?: number;
+  /** A bucket shared with other DPs: one bandwidth cap for all of them (overrides the rate). */
+  bucket?: TokenBucket;
   /** A request that receives nothing for this long is dropped and retried (default 30 s). */
   timeoutMs?: number;
   /** Attempts per range after the first failure; unlimited by default (bounded by `retryForMs`). */
@@ -216,7 +218,7 @@ class HttpRemote implements RemoteStore {
         ? new https.Agent({ keepAlive: true, maxSockets: 4 })
         : new http.Agent({ keepAlive: true, maxSockets: 4 });
     const rate = opts.rateLimitBytesPerSec;
-    this.bucket = rate && rate > 0 ? new TokenBucket(rate) : undefined;
+    this.bucket = opts.bucket ?? (rate && rate > 0 ? new TokenBucket(rate) : undefined);
     this.timeoutMs = opts.timeoutMs ?? 30_000;
     this.retries = opts.retries ?? Infinity;
     this.retryForMs = opts.retryForMs ?? 10 * 60_000;

@@ -16,8 +16,8 @@ import { canConnect, freePort, serviceSkip } from './services.js';
 export interface Nginx {
   /** http://127.0.0.1:PORT/ */
   url: string;
-  /** Requests logged so far: path, status and body bytes sent. */
-  log(): Array<{ uri: string; status: number; bytes: number }>;
+  /** Requests logged so far: path, status, body bytes sent and the Range header ('-': none). */
+  log(): Array<{ uri: string; status: number; bytes: number; range: string }>;
   /** Body bytes sent so far (optionally only for URIs with this prefix). */
   bytesSent(prefix?: string): number;
   stop(): Promise<void>;
@@ -60,7 +60,7 @@ export async function startNginx(root: string): Promise<Nginx> {
       `error_log ${errors} info;`,
       'events {}',
       'http {',
-      "  log_format bytes '$request_uri $status $body_bytes_sent';",
+      "  log_format bytes '$request_uri $status $body_bytes_sent $http_range';",
       `  access_log ${access} bytes;`,
       `  client_body_temp_path ${join(dir, 'body')};`,
       '  keepalive_requests 10000;',
@@ -94,8 +94,8 @@ export async function startNginx(root: string): Promise<Nginx> {
       .split('\n')
       .filter(Boolean)
       .map((line) => {
-        const [uri = '', status = '0', bytes = '0'] = line.split(' ');
-        return { uri, status: Number(status), bytes: Number(bytes) };
+        const [uri = '', status = '0', bytes = '0', range = '-'] = line.split(' ');
+        return { uri, status: Number(status), bytes: Number(bytes), range };
       });
   return {
     url: `http://127.0.0.1:${port}/`,

@@ -1,0 +1,99 @@
+/**
+ * The machine-side download of an image: record and manifest first, then local seeding
+ * (old files, other stores), then only the remaining chunks from distribution points.
+ * The transfer itself is `src/content/fetch.ts`; this room adds what needs the manifest
+ * codec.
+ */
+import { isReimageError, ReimageError } from '../errors.js';
+import { isHexId } from '../content/digest.js';
+import {
+  fetchImage,
+  fetchImageHead,
+  type FetchOptions,
+  type FetchResult,
+} from '../content/fetch.js';
+import type { RemoteStore } from '../content/remote.js';
+import type { ContentStore } from '../content/store.js';
+import { decodeManifest } from './formats/native/v1/manifest-codec.js';
+import { checkImageName } from './library.js';
+import { seedStore, type SeedProgress, type SeedResult } from './seed.js';
+
+/** The chunk hashes a (native v1) manifest names, for `fetchImage`'s `chunksOf`. */
+export function* chunksOfManifest(manifest: Buffer): Iterable<Uint8Array> {
+  for (const e of decodeManifest(manifest).entries) {
+    if (!e.chunks) continue;
+    for (let i = 0; i < e.chunks.length; i += 32) yield e.chunks.subarray(i, i + 32);
+  }
+}
+
+export interface SeededFetchOptions extends Omit<FetchOptions, 'chunksOf' | 'head'> {
+  /** Root of the old tree whose files are seeded from (e.g. `/`). */
+  seedRoot?: string;
+  /** Other content stores to seed from. */
+  seedStores?: ContentStore[];
+  onSeedProgress?: (p: SeedProgress) => void;
+}
+
+export interface SeededFetchResult extends FetchResult {
+  /** What seeding put into the store (undefined: not run, the image was there already). */
+  seed: SeedResult | undefined;
+}
+
+/**
+ * Fetches an image into `into`: record and manifest from the DPs (verified), then seeding
+ * from the old files and stores given, then the remaining chunks from the DPs. Nothing is
+ * downloaded twice; a re-run after a kill continues.
+ */
+export async function fetchImageSeeded(opts: SeededFetchOptions): Promise<SeededFetchResult> {
+  const head = await fetchImageHead({
+    sources: opts.sources,
+    imageId: opts.imageId,
+    into: opts.into,
+    signal: opts.signal,
+  });
+  let seed: SeedResult | undefined;
+  if (!head.complete && (opts.seedRoot !== undefined || (opts.seedStores?.length ?? 0) > 0)) {
+    seed = await seedStore({
+      into: opts.into,
+      manifest: decodeManifest(head.manifest),
+      root: opts.seedRoot,
+      stores: opts.seedStores,
+      signal: opts.signal,
+      onProgress: opts.onSeedProgress,
+    });
+  }
+  const r = await fetchImage({ ...opts, head, chunksOf: chunksOfManifest });
+  return { ...r, seed };
+}
+
+/**
+ * The image id for IMAGE given as an id or a name: a name is looked up in the sources'
+ * `objects/names/NAME.json` (the library's layout), first source that has it. A name is
+ * only a pointer: what is fetched is still verified against the id.
+ */
+export async function resolveImageRef(
+  sources: RemoteStore[],
+  ref: string,
+  signal?: AbortSignal,
+): Promise<string> {
+  if (isHexId(ref)) return ref;
+  checkImageName(ref);
+  const tried: string[] = [];
+  for (const s of sources) {
+    try {
+      const doc = JSON.parse(
+        (await s.readFile(`objects/names/${ref}.json`, { signal })).toString('utf8'),
+      ) as { id?: unknown };
+      if (typeof doc.id === 'string' && isHexId(doc.id)) return doc.id;
+      tried.push(`${s.name}: not a name record`);
+    } catch (e) {
+      if (isReimageError(e, 'CANCELLED')) throw e;
+      tried.push(`${s.name}: ${(e as Error).message}`);
+    }
+  }
+  throw new ReimageError(
+    'IMAGE_NOT_FOUND',
+    `no distribution point has an image named ${JSON.stringify(ref)} (${tried.join('; ')}); give the image id`,
+    { details: { name: ref } },
+  );
+}
