@@ -138,8 +138,11 @@ export class Journal {
     }
   }
 
+  /** Closes the file; closing again does nothing. */
   close(): void {
+    if (this.fd < 0) return;
     closeSync(this.fd);
+    this.fd = -1;
   }
 }
 

@@ -200,8 +200,11 @@ export class Outbox {
     for (const e of keep) this.remember(e);
   }
 
+  /** Closes the file; closing again does nothing. */
   close(): void {
+    if (this.fd < 0) return;
     closeSync(this.fd);
+    this.fd = -1;
   }
 }
 

@@ -47,8 +47,12 @@ export interface BootConfig {
   entries: Record<string, BootEntry>;
 }
 
-/** Where the boot configuration lives on a lab machine's disk. */
-export const BOOT_CONFIG = 'boot/reimage/boot.json';
+/**
+ * Where the boot configuration lives on a lab machine: its EFI system partition
+ * (`MACHINE/esp/`), a partition of the disk apart from the OS's root (`MACHINE/disk/`), so
+ * that replacing the OS does not take the boot configuration with it.
+ */
+export const BOOT_CONFIG = 'esp/reimage/boot.json';
 
 /**
  * A lab machine: `MACHINE/machine.json` (identity) and `MACHINE/disk/` (its disk). The lab
@@ -57,7 +61,7 @@ export const BOOT_CONFIG = 'boot/reimage/boot.json';
  */
 export function labPlatform(machineDir: string, opts: { exit?: (code: number) => never } = {}) {
   const root = join(machineDir, 'disk');
-  const bootPath = join(root, BOOT_CONFIG);
+  const bootPath = join(machineDir, BOOT_CONFIG);
   let identity: MachineIdentity | undefined;
   const readBoot = (): BootConfig => {
     const c = readJsonFile<BootConfig>(bootPath);
