@@ -1,26 +1,15 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import {
-  existsSync,
-  lstatSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { runDeployment, startDeployment, keptPaths } from '../src/agent/deploy.js';
+import { keptPaths, runDeployment, startDeployment } from '../src/agent/deploy.js';
 import type { DeploymentOutcome, DeploymentPlan } from '../src/agent/deploy.js';
 import { Outbox } from '../src/agent/outbox.js';
 import { BOOT_CONFIG, labPlatform } from '../src/agent/platform.js';
-import { ContentStore } from '../src/content/store.js';
-import { captureImage } from '../src/image/capture.js';
-import { makeMachineTree, makeNewOsTree } from '../src/lab/machine-tree.js';
 import type { MachineTreeFacts } from '../src/lab/machine-tree.js';
-import { defaults } from '../src/package/schema.js';
+import { dataSnapshot, makeDeployFixture, makeLabMachine, makePlan } from './support/deploy.js';
+import type { DeployFixture } from './support/deploy.js';
 
 /**
  * The deployment engine on a lab machine, phase by phase, with the firmware's loop done here:
@@ -33,89 +22,18 @@ class Reboot extends Error {}
 const base = mkdtempSync(join(tmpdir(), 'reimage-deploy-'));
 after(() => rmSync(base, { recursive: true, force: true }));
 
-const dp = join(base, 'dp');
-let imageId = '';
-let peId = '';
-
+let f: DeployFixture;
 before(async () => {
-  const store = ContentStore.open(dp, { create: true });
-  const newOs = join(base, 'new-os');
-  await makeNewOsTree(newOs, { osVersion: '13' });
-  mkdirSync(join(newOs, 'usr/lib/reimage'), { recursive: true });
-  writeFileSync(join(newOs, 'usr/lib/reimage/agent.bundle'), '// client 2.0.0\n');
-  const img = await captureImage({
-    source: newOs,
-    store,
-    name: 'debian-13',
-    properties: { os: 'debian', version: '13', arch: 'x86_64' },
-  });
-  imageId = img.record.id;
-  const pe = join(base, 'pe-tree');
-  mkdirSync(pe);
-  writeFileSync(join(pe, 'agent.bundle'), '// pe 2.0.0\n');
-  peId = (await captureImage({ source: pe, store, name: 'reimage-pe' })).record.id;
+  f = await makeDeployFixture(base, (where) => `// ${where} 2.0.0\n`);
 });
 
 let n = 0;
 async function labMachine(): Promise<{ dir: string; facts: MachineTreeFacts }> {
   const dir = join(base, `m${++n}`);
-  const facts = await makeMachineTree(join(dir, 'disk'), { scale: 'small', seed: n });
-  writeFileSync(
-    join(dir, 'machine.json'),
-    JSON.stringify({
-      name: facts.hostname,
-      mac: '52:54:00:12:34:56',
-      ip: '10.1.0.20',
-      site: 'paris',
-      model: 'lab-1',
-      diskBytes: 64 * 1024 ** 3,
-      arch: 'x86_64',
-    }),
-  );
-  mkdirSync(join(dir, 'esp/reimage'), { recursive: true });
-  writeFileSync(
-    join(dir, BOOT_CONFIG),
-    JSON.stringify({
-      default: 'os',
-      entries: {
-        os: { program: '/usr/lib/reimage/agent.bundle', args: ['run', '--role', 'client'] },
-      },
-    }),
-  );
-  return { dir, facts };
+  return { dir, facts: await makeLabMachine(dir, n) };
 }
 
-function plan(over: Partial<DeploymentPlan> = {}): DeploymentPlan {
-  return {
-    id: `d${n}`,
-    advertisementId: 'ad-1',
-    package: { name: 'debian-13-desktop', version: '1' },
-    image: { id: imageId, os: 'debian', arch: 'x86_64', bytes: 64 * 1024 * 1024 },
-    pe: { imageId: peId, program: '/agent.bundle' },
-    sources: [dp],
-    wipe: { osPaths: [...defaults.osPaths], keep: [...defaults.keep] },
-    rollbackRetainDays: 0,
-    prestage: true,
-    stateStore: { path: '/var/lib/reimage/state' },
-    newClient: { program: '/usr/lib/reimage/agent.bundle', args: ['run', '--role', 'client'] },
-    ...over,
-  };
-}
-
-/** Hash and inode of every regular file of the data outside the OS (what must not move). */
-function dataSnapshot(root: string, facts: MachineTreeFacts): Map<string, string> {
-  const files = [...Object.values(facts.userFiles).flat(), ...facts.outsideHome].filter(
-    (f) => !defaults.osPaths.some((p) => `/${f}`.startsWith(`${p}/`)),
-  );
-  const m = new Map<string, string>();
-  for (const f of files) {
-    const abs = join(root, f);
-    const st = lstatSync(abs);
-    const h = createHash('sha256').update(readFileSync(abs)).digest('hex');
-    m.set(f, `${h} ${st.ino}`);
-  }
-  return m;
-}
+const plan = (over: Partial<DeploymentPlan> = {}) => makePlan(f, `d${n}`, over);
 
 /** Boots the machine until the deployment ends, as the firmware would; returns the outcome and the boots. */
 async function bootUntilDone(
@@ -167,7 +85,7 @@ describe('in-place deployment on a lab machine (engine)', () => {
     assert.match(readFileSync(join(root, 'etc/os-release'), 'utf8'), /VERSION_ID="?13/);
     assert.equal(
       readFileSync(join(root, 'usr/lib/reimage/agent.bundle'), 'utf8'),
-      '// client 2.0.0\n',
+      '// os 2.0.0\n',
     );
     assert.deepEqual(dataSnapshot(root, facts), data);
     const after = JSON.parse(readFileSync(join(root, 'etc/reimage/client.json'), 'utf8')) as {
@@ -197,7 +115,7 @@ describe('in-place deployment on a lab machine (engine)', () => {
     const root = join(dir, 'disk');
     const data = dataSnapshot(root, facts);
     const osRelease = readFileSync(join(root, 'etc/os-release'), 'utf8');
-    startDeployment(root, plan({ image: { id: imageId, arch: 'aarch64', bytes: 1 } }));
+    startDeployment(root, plan({ image: { id: f.imageId, arch: 'aarch64', bytes: 1 } }));
     const { outcome, roles } = await bootUntilDone(dir);
     assert.equal(outcome, 'failed');
     assert.deepEqual(roles, ['client']);

@@ -10,7 +10,8 @@ import type { UserPolicy } from '../migrate/accounts.js';
 import type { MachineStateSettings } from '../migrate/machine-state.js';
 import { captureState, restoreState } from '../migrate/migration.js';
 import type { RuleComponent } from '../migrate/rule-format.js';
-import { localBackend } from '../migrate/state-store.js';
+import { keyFromBase64, localBackend } from '../migrate/state-store.js';
+import { failpoint } from './failpoints.js';
 import { readJsonFile, writeFileAtomic } from './files.js';
 import { Journal } from './journal.js';
 import { agentVersion } from './main.js';
@@ -72,8 +73,6 @@ export interface EngineOptions {
   outbox: Outbox;
   /** How the agent reaches the server, when it can (status batches). */
   send?: SendBatch;
-  /** The state store's key (32 bytes); undefined: a plain store. */
-  stateKey?: Buffer;
   /** Which program this is: 'client' (old or new OS) or 'pe'. */
   role: 'client' | 'pe';
   log?: (line: string) => void;
@@ -102,7 +101,7 @@ export function keptPaths(root: string) {
 }
 
 /** Starts a deployment on this machine: writes its plan. Refused while another one runs. */
-export function startDeployment(root: string, plan: DeploymentPlan): void {
+export function startDeployment(root: string, plan: DeploymentPlan, stateKey?: Buffer): void {
   const p = keptPaths(root);
   const current = readJsonFile<DeploymentPlan>(p.plan);
   if (current && current.id !== plan.id)
@@ -111,9 +110,10 @@ export function startDeployment(root: string, plan: DeploymentPlan): void {
       `Deployment ${current.id} is still in progress on this machine.`,
     );
   if (current) return;
+  // The key first: a plan on the disk means everything to run it is there.
+  if (stateKey) writeFileAtomic(join(p.deployment, 'state-key'), stateKey.toString('base64'));
   writeFileAtomic(p.plan, `${JSON.stringify(plan, null, 2)}\n`);
 }
-
 
 /**
  * Runs what this boot of the machine has to do for the current deployment and returns how
@@ -137,6 +137,9 @@ class Engine {
   private readonly root: string;
   private readonly now: () => Date;
 
+  /** The state store's key (from the server's policy, kept with the plan); undefined: plain. */
+  private readonly stateKey: Buffer | undefined;
+
   constructor(
     private readonly o: EngineOptions,
     private readonly plan: DeploymentPlan,
@@ -144,6 +147,8 @@ class Engine {
   ) {
     this.root = o.platform.root;
     this.p = keptPaths(this.root);
+    const key = readTextFile(join(this.p.deployment, 'state-key'));
+    this.stateKey = key === undefined ? undefined : keyFromBase64(key.trim());
     this.now = o.now ?? (() => new Date());
   }
 
@@ -184,7 +189,10 @@ class Engine {
 
   private step<T>(name: string, fn: (attempt: number) => Promise<T> | T): Promise<T> {
     this.log(`step ${name}${this.j.isDone(name) ? ' (done before)' : ''}`);
-    return this.j.run(name, fn);
+    return this.j.run(name, (attempt) => {
+      failpoint(`step.${name}`); // after `begin` is on the disk, before the step acts
+      return fn(attempt);
+    });
   }
 
   async run(): Promise<DeploymentOutcome> {
@@ -223,7 +231,7 @@ class Engine {
           root: this.root,
           backend: localBackend(join(this.root, plan.stateStore.path)),
           machineId: this.machineGuid(),
-          key: this.o.stateKey,
+          key: this.stateKey,
           hardLinks: true,
           migration: plan.migration,
           users: plan.users,
@@ -243,7 +251,7 @@ class Engine {
   }
 
   private async bootPe(): Promise<DeploymentOutcome> {
-    await this.j.run('boot-pe', () => {
+    await this.step('boot-pe', () => {
       const platform = this.o.platform;
       const old = platform.bootConfig().entries['os'];
       if (old) writeFileAtomic(join(this.p.deployment, 'old-os-boot.json'), JSON.stringify(old));
@@ -313,6 +321,7 @@ class Engine {
       into: this.staging(),
       seedRoot: this.root,
       signal: this.o.signal,
+      onProgress: () => failpoint('fetch.progress'),
     });
     return {
       bytesDownloaded: r.bytesDownloaded,
@@ -367,14 +376,18 @@ class Engine {
           image: plan.image.id,
           target: this.p.newOs,
           signal: this.o.signal,
+          onProgress: () => failpoint('apply.progress'),
         });
         return { entries: r.entries, bytes: r.bytes };
       });
-      const swapped = await this.step('swap', () => {
-        const aside = moveOsAside(this.root, this.p.rollback, plan.wipe);
-        const placed = moveNewOsIn(this.p.newOs, this.root, this.p.placed);
-        return { movedAside: aside.moved, placed: placed.moved, conflicts: placed.conflicts };
-      });
+      // Two steps, so that a re-run after a kill knows which way the paths were going.
+      const aside = await this.step('swap-aside', () =>
+        moveOsAside(this.root, this.p.rollback, plan.wipe),
+      );
+      const placed = await this.step('swap-in', () =>
+        moveNewOsIn(this.p.newOs, this.root, this.p.placed),
+      );
+      const swapped = { movedAside: aside.moved, conflicts: placed.conflicts };
       await this.status(4002, 'swap/done', {
         paths: swapped.movedAside,
         conflicts: swapped.conflicts.length,
@@ -407,7 +420,7 @@ class Engine {
         const r = await restoreState({
           root: this.root,
           backend: localBackend(join(this.root, plan.stateStore.path)),
-          key: this.o.stateKey,
+          key: this.stateKey,
           machineId: this.machineGuid(),
           machineState: plan.machineState,
           clientState: plan.clientState,
@@ -486,6 +499,15 @@ class Engine {
   private reboot(): DeploymentOutcome {
     this.o.platform.reboot();
     return 'rebooting';
+  }
+}
+
+function readTextFile(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
   }
 }
 

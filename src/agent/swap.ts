@@ -13,6 +13,7 @@ import {
 } from 'node:fs';
 import { dirname, join, posix } from 'node:path';
 import { ReimageError } from '../errors.js';
+import { failpoint } from './failpoints.js';
 
 /**
  * Phase 2's swap of operating systems, done with renames only (docs/adr/0003-agent-and-lab.md):
@@ -100,6 +101,7 @@ export function moveOsAside(root: string, aside: string, policy: SwapPolicy): Sw
           `Both /${r} and its rollback copy exist: the rollback area is not from this deployment.`,
         );
       mkdirSync(dirname(dest), { recursive: true, mode: 0o700 });
+      failpoint('swap.aside');
       renameSync(src, dest);
       report.moved++;
       return;
@@ -136,6 +138,7 @@ export function moveNewOsIn(incoming: string, root: string, log: string): SwapRe
       } finally {
         closeSync(fd);
       }
+      failpoint('swap.in');
       renameSync(src, dest);
       report.moved++;
       return;
@@ -177,6 +180,7 @@ export function undoSwap(root: string, aside: string, log: string, failed: strin
     const dest = join(failed, r);
     if (lst(dest)) rmSync(dest, { recursive: true, force: true });
     mkdirSync(dirname(dest), { recursive: true, mode: 0o700 });
+    failpoint('undo.out');
     renameSync(src, dest);
     report.moved++;
   }
