@@ -234,6 +234,22 @@ export const errorCodes = {
     exit: 1,
     help: 'A distribution point lacks a file the image needs (`details.dp`, `details.path`): the package was not (fully) replicated there. Replicate it again, or let the machine use another DP.',
   },
+  DEPLOYMENT_CHECK_FAILED: {
+    exit: 1,
+    help: "Phase 1's checks refused the deployment before anything changed: the image's OS family or architecture does not match the machine, the disk lacks space for the staged content and the new OS, or the client has no identity. The message says which.",
+  },
+  PE_INVALID: {
+    exit: 1,
+    help: 'The PE image of the package does not hold the agent program the package names (`pe.program`). Rebuild the PE image.',
+  },
+  PE_BOOT_FAILED: {
+    exit: 1,
+    help: 'The machine booted its old OS three times instead of the PE that phase 1 installed: the boot entry is not honoured. Nothing of the old OS changed.',
+  },
+  AGENT_STATE_INVALID: {
+    exit: 1,
+    help: "A file of the agent's kept area (`/.reimage`: journal, plan, identity) cannot be read as written. The message names it; the deployment stops there rather than guess.",
+  },
   INTERNAL: {
     exit: 70,
     http: 500,

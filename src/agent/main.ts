@@ -2,6 +2,8 @@
  * The agent's entry point: what the agent bundle runs (`node agent.bundle ARGS`).
  * One program, three roles (old client, PE agent, new client): see docs/adr/0003-agent-and-lab.md.
  */
+import { parseArgs } from 'node:util';
+import { isReimageError } from '../errors.js';
 
 /** Set by the bundle's loader (`globalThis.__REIMAGE_AGENT_VERSION__`); "dev" when run from dist/. */
 export function agentVersion(): string {
@@ -12,14 +14,59 @@ export function agentVersion(): string {
 /** Exit code that asks the lab firmware (or the linux adapter's wrapper) to boot again. */
 export const EXIT_REBOOT = 3;
 
+const USAGE = `usage: agent run --role client|pe --machine LAB-MACHINE-DIR
+       agent --version`;
+
 /** Runs the agent with its arguments; resolves to the process exit code. */
 export async function agentMain(argv: string[]): Promise<number> {
   if (argv[0] === '--version' || argv[0] === 'version') {
     process.stdout.write(`${agentVersion()}\n`);
     return 0;
   }
+  if (argv[0] === 'run') return run(argv.slice(1));
   process.stderr.write(
-    `reimage agent ${agentVersion()}: unknown command ${JSON.stringify(argv[0] ?? '')}\n`,
+    `reimage agent ${agentVersion()}: unknown command ${JSON.stringify(argv[0] ?? '')}\n${USAGE}\n`,
   );
   return 2;
+}
+
+/**
+ * `run`: what a boot of the machine does — go on with the deployment in progress (if any).
+ * Exits 0 when there is nothing (more) to do, EXIT_REBOOT to boot again.
+ */
+async function run(argv: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: { role: { type: 'string' }, machine: { type: 'string' } },
+      strict: true,
+    }));
+  } catch (e) {
+    process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n${USAGE}\n`);
+    return 2;
+  }
+  const role = values.role;
+  if ((role !== 'client' && role !== 'pe') || !values.machine) {
+    process.stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+  // Loaded here, so that `--version` needs none of the engine's modules.
+  const { keptPaths, runDeployment } = await import('./deploy.js');
+  const { Outbox } = await import('./outbox.js');
+  const { labPlatform } = await import('./platform.js');
+  const platform = labPlatform(values.machine);
+  const outbox = new Outbox(keptPaths(platform.root).outbox);
+  const log = (line: string) =>
+    process.stderr.write(`${new Date().toISOString()} agent ${agentVersion()} ${role}: ${line}\n`);
+  try {
+    const outcome = await runDeployment({ platform, outbox, role, log });
+    log(`deployment: ${outcome}`);
+    return 0;
+  } catch (e) {
+    log(`${isReimageError(e) ? e.code : 'INTERNAL'}: ${e instanceof Error ? e.stack : String(e)}`);
+    return 1;
+  } finally {
+    outbox.close();
+  }
 }

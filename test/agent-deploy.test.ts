@@ -1,0 +1,153 @@
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { keptPaths, runDeployment, startDeployment } from '../src/agent/deploy.js';
+import type { DeploymentOutcome, DeploymentPlan } from '../src/agent/deploy.js';
+import { Outbox } from '../src/agent/outbox.js';
+import { BOOT_CONFIG, labPlatform } from '../src/agent/platform.js';
+import type { MachineTreeFacts } from '../src/lab/machine-tree.js';
+import { dataSnapshot, makeDeployFixture, makeLabMachine, makePlan } from './support/deploy.js';
+import type { DeployFixture } from './support/deploy.js';
+
+/**
+ * The deployment engine on a lab machine, phase by phase, with the firmware's loop done here:
+ * a reboot is the platform's exit, which this test turns into "boot again from the disk's
+ * boot configuration". (The firmware process and the bundle are tested in test/lab-*.)
+ */
+
+class Reboot extends Error {}
+
+const base = mkdtempSync(join(tmpdir(), 'reimage-deploy-'));
+after(() => rmSync(base, { recursive: true, force: true }));
+
+let f: DeployFixture;
+before(async () => {
+  f = await makeDeployFixture(base, (where) => `// ${where} 2.0.0\n`);
+});
+
+let n = 0;
+async function labMachine(): Promise<{ dir: string; facts: MachineTreeFacts }> {
+  const dir = join(base, `m${++n}`);
+  return { dir, facts: await makeLabMachine(dir, n) };
+}
+
+const plan = (over: Partial<DeploymentPlan> = {}) => makePlan(f, `d${n}`, over);
+
+/** Boots the machine until the deployment ends, as the firmware would; returns the outcome and the boots. */
+async function bootUntilDone(
+  dir: string,
+  opts: { maxBoots?: number; beforeBoot?: (boot: number, role: string) => void } = {},
+): Promise<{ outcome: DeploymentOutcome; roles: string[]; log: string[] }> {
+  const roles: string[] = [];
+  const log: string[] = [];
+  for (let boot = 0; boot < (opts.maxBoots ?? 12); boot++) {
+    const platform = labPlatform(dir, {
+      exit: () => {
+        throw new Reboot();
+      },
+    });
+    const cfg = platform.bootConfig();
+    const entry = cfg.next ?? cfg.default;
+    if (cfg.next) {
+      // The firmware clears a one-time entry before it boots it.
+      writeFileSync(join(dir, BOOT_CONFIG), JSON.stringify({ ...cfg, next: undefined }));
+    }
+    const role = entry === 'pe' ? 'pe' : 'client';
+    roles.push(role);
+    opts.beforeBoot?.(boot, role);
+    const outbox = new Outbox(keptPaths(platform.root).outbox);
+    try {
+      const outcome = await runDeployment({ platform, outbox, role, log: (l) => log.push(l) });
+      return { outcome, roles, log };
+    } catch (e) {
+      if (!(e instanceof Reboot)) throw e;
+    } finally {
+      outbox.close();
+    }
+  }
+  throw new Error('the machine did not settle');
+}
+
+describe('in-place deployment on a lab machine (engine)', () => {
+  it('three phases: new OS in place, user data byte-identical with the same inodes, same GUID, one timeline', async () => {
+    const { dir, facts } = await labMachine();
+    const root = join(dir, 'disk');
+    const data = dataSnapshot(root, facts);
+    const guid = (
+      JSON.parse(readFileSync(join(root, 'etc/reimage/client.json'), 'utf8')) as { guid: string }
+    ).guid;
+    startDeployment(root, plan());
+    const { outcome, roles, log } = await bootUntilDone(dir);
+    assert.equal(outcome, 'succeeded', log.join('\n'));
+    assert.deepEqual(roles, ['client', 'pe', 'client']);
+    assert.match(readFileSync(join(root, 'etc/os-release'), 'utf8'), /VERSION_ID="?13/);
+    assert.equal(
+      readFileSync(join(root, 'usr/lib/reimage/agent.bundle'), 'utf8'),
+      '// os 2.0.0\n',
+    );
+    assert.deepEqual(dataSnapshot(root, facts), data);
+    const after = JSON.parse(readFileSync(join(root, 'etc/reimage/client.json'), 'utf8')) as {
+      guid: string;
+    };
+    assert.equal(after.guid, guid, 'the machine keeps its GUID');
+    for (const k of ['rollback', 'new-os', 'staging', 'pe', 'deployment'])
+      assert.equal(existsSync(join(root, '.reimage', k)), false, `.reimage/${k} is cleaned up`);
+    const outbox = new Outbox(keptPaths(root).outbox);
+    const ids = outbox.all().map((e) => e.id);
+    const seqs = outbox.all().map((e) => e.seq);
+    outbox.close();
+    assert.deepEqual(
+      seqs,
+      seqs.map((_, i) => i + 1),
+    );
+    assert.deepEqual(
+      ids,
+      [3000, 3001, 3002, 3003, 4000, 4001, 4002, 4003, 4004, 5000, 5001, 5002, 5003],
+    );
+    const boot = JSON.parse(readFileSync(join(dir, BOOT_CONFIG), 'utf8')) as { default: string };
+    assert.equal(boot.default, 'os');
+  });
+
+  it('an image for another architecture is refused by the checks; nothing changes', async () => {
+    const { dir, facts } = await labMachine();
+    const root = join(dir, 'disk');
+    const data = dataSnapshot(root, facts);
+    const osRelease = readFileSync(join(root, 'etc/os-release'), 'utf8');
+    startDeployment(root, plan({ image: { id: f.imageId, arch: 'aarch64', bytes: 1 } }));
+    const { outcome, roles } = await bootUntilDone(dir);
+    assert.equal(outcome, 'failed');
+    assert.deepEqual(roles, ['client']);
+    assert.equal(readFileSync(join(root, 'etc/os-release'), 'utf8'), osRelease);
+    assert.deepEqual(dataSnapshot(root, facts), data);
+    const outbox = new Outbox(keptPaths(root).outbox);
+    const last = outbox.all().at(-1)!;
+    outbox.close();
+    assert.equal(last.id, 9000);
+    assert.equal(last.properties?.['code'], 'DEPLOYMENT_CHECK_FAILED');
+  });
+
+  it('a new OS without a client (a failure after the swap) rolls back to the old OS, data intact', async () => {
+    const { dir, facts } = await labMachine();
+    const root = join(dir, 'disk');
+    const data = dataSnapshot(root, facts);
+    const osRelease = readFileSync(join(root, 'etc/os-release'), 'utf8');
+    startDeployment(
+      root,
+      plan({ newClient: { program: '/usr/lib/reimage/missing.bundle', args: [] } }),
+    );
+    const { outcome, roles } = await bootUntilDone(dir);
+    assert.equal(outcome, 'rolled-back');
+    assert.deepEqual(roles, ['client', 'pe', 'client']);
+    assert.equal(readFileSync(join(root, 'etc/os-release'), 'utf8'), osRelease);
+    assert.deepEqual(dataSnapshot(root, facts), data);
+    const outbox = new Outbox(keptPaths(root).outbox);
+    const ids = outbox.all().map((e) => e.id);
+    const rb = outbox.all().find((e) => e.id === 6000)!;
+    outbox.close();
+    assert.deepEqual(ids.slice(-2), [6000, 6001]);
+    assert.equal(rb.properties?.['step'], 'boot-os');
+    assert.equal(rb.properties?.['code'], 'APPLY_FAILED');
+  });
+});

@@ -1,0 +1,142 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, it } from 'node:test';
+import { keptPaths, startDeployment } from '../src/agent/deploy.js';
+import { EXIT_REBOOT } from '../src/agent/main.js';
+import { Outbox } from '../src/agent/outbox.js';
+import { BOOT_CONFIG } from '../src/agent/platform.js';
+import { dataSnapshot, makeDeployFixture, makeLabMachine, makePlan } from './support/deploy.js';
+import type { DeployFixture } from './support/deploy.js';
+
+/**
+ * Kill test: the agent runs as a real process booted from the machine's disk; in one boot it
+ * is killed with SIGKILL at a chosen point (a failpoint: after a step's `begin`, between two
+ * renames of the swap, after some files of the apply or frames of the download). The machine
+ * is booted again, as after a power cut, until the deployment ends. It must converge to the
+ * same end as an uninterrupted run, lose no user data, and report every status exactly once.
+ */
+
+const mainJs = fileURLToPath(new URL('../src/agent/main.js', import.meta.url));
+/** The "bundle" on the lab disks: a launcher of the compiled agent (the real bundle: test/lab-*). */
+const launcher = `import(${JSON.stringify(mainJs)}).then((m) => m.agentMain(process.argv.slice(2))).then((c) => process.exit(c));\n`;
+
+const base = mkdtempSync(join(tmpdir(), 'reimage-kill-'));
+after(() => rmSync(base, { recursive: true, force: true }));
+let f: DeployFixture;
+before(async () => {
+  f = await makeDeployFixture(base, () => launcher);
+});
+
+interface Boot {
+  role: string;
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+/** The firmware's loop, in short: boot the entry the EFI partition names, again and again. */
+async function boot(
+  dir: string,
+  kill: { role: string; failpoints: string; nth?: number },
+): Promise<Boot[]> {
+  const boots: Boot[] = [];
+  let seen = 0;
+  for (let i = 0; i < 12; i++) {
+    const cfgPath = join(dir, BOOT_CONFIG);
+    const cfg = JSON.parse(readFileSync(cfgPath, 'utf8')) as {
+      default: string;
+      next?: string;
+      entries: Record<string, { program: string; args: string[] }>;
+    };
+    const name = cfg.next ?? cfg.default;
+    if (cfg.next) writeFileSync(cfgPath, JSON.stringify({ ...cfg, next: undefined }));
+    const entry = cfg.entries[name]!;
+    const role = name === 'pe' ? 'pe' : 'client';
+    const env = { ...process.env };
+    delete env['REIMAGE_FAILPOINTS'];
+    // Armed in the nth boot of that role only (the old client is the 1st client boot, the
+    // new client the 2nd): the boots after the kill run clean, as after a power cut.
+    if (role === kill.role && ++seen === (kill.nth ?? 1))
+      env['REIMAGE_FAILPOINTS'] = kill.failpoints;
+    const child = spawn(
+      process.execPath,
+      [join(dir, 'disk', entry.program), ...entry.args, '--machine', dir],
+      { env, stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const [code, signal] = (await new Promise((r) => child.once('exit', (c, s) => r([c, s])))) as [
+      number | null,
+      NodeJS.Signals | null,
+    ];
+    boots.push({ role, code, signal });
+    if (code === 0) return boots;
+    if (code !== EXIT_REBOOT && signal !== 'SIGKILL')
+      throw new Error(`the agent failed (${code ?? signal}):\n${err}`);
+  }
+  throw new Error(`no end after 12 boots: ${JSON.stringify(boots)}`);
+}
+
+const cases: Array<{ role: string; failpoints: string; what: string; nth?: number }> = [
+  { role: 'client', failpoints: 'step.check=1', what: 'phase 1, as the checks begin' },
+  { role: 'client', failpoints: 'step.capture-state=1', what: 'phase 1, as state capture begins' },
+  {
+    role: 'client',
+    failpoints: 'fetch.progress=2',
+    what: 'phase 1, during the pre-staging download',
+  },
+  { role: 'client', failpoints: 'step.install-pe=1', what: 'phase 1, as the PE is installed' },
+  { role: 'client', failpoints: 'step.boot-pe=1', what: 'phase 1, setting the boot entry' },
+  { role: 'pe', failpoints: 'step.content=1', what: 'phase 2, verifying content' },
+  { role: 'pe', failpoints: 'apply.progress=3', what: 'phase 2, after some files applied' },
+  {
+    role: 'pe',
+    failpoints: 'swap.aside=4',
+    what: 'phase 2, between renames moving the old OS aside',
+  },
+  { role: 'pe', failpoints: 'swap.in=3', what: 'phase 2, between renames moving the new OS in' },
+  { role: 'pe', failpoints: 'step.boot-os=1', what: 'phase 2, setting the new boot entry' },
+  {
+    role: 'client',
+    nth: 2,
+    failpoints: 'step.restore-state=1',
+    what: 'phase 3, as the restore begins',
+  },
+  { role: 'client', nth: 2, failpoints: 'step.cleanup=1', what: 'phase 3, cleaning up' },
+];
+
+describe('killed at every step: the deployment converges, data intact, no duplicate status', () => {
+  let n = 0;
+  for (const c of cases) {
+    it(`killed in ${c.what} (${c.failpoints})`, async () => {
+      const dir = join(base, `m${++n}`);
+      const facts = await makeLabMachine(dir, n, launcher);
+      const root = join(dir, 'disk');
+      const data = dataSnapshot(root, facts);
+      startDeployment(root, makePlan(f, `kill-${n}`));
+      const boots = await boot(dir, c);
+      assert.ok(
+        boots.some((b) => b.signal === 'SIGKILL'),
+        `the failpoint fired: ${JSON.stringify(boots)}`,
+      );
+      assert.match(readFileSync(join(root, 'etc/os-release'), 'utf8'), /VERSION_ID="?13/);
+      assert.deepEqual(dataSnapshot(root, facts), data);
+      const outbox = new Outbox(keptPaths(root).outbox);
+      const all = outbox.all();
+      outbox.close();
+      assert.deepEqual(
+        all.map((e) => e.seq),
+        all.map((_, i) => i + 1),
+      );
+      assert.deepEqual(
+        all.map((e) => e.id),
+        [3000, 3001, 3002, 3003, 4000, 4001, 4002, 4003, 4004, 5000, 5001, 5002, 5003],
+      );
+      const history = readdirSync(keptPaths(root).history);
+      assert.equal(history.length, 1);
+    });
+  }
+});

@@ -1,0 +1,123 @@
+import { createHash } from 'node:crypto';
+import { lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { DeploymentPlan } from '../../src/agent/deploy.js';
+import { BOOT_CONFIG } from '../../src/agent/platform.js';
+import { ContentStore } from '../../src/content/store.js';
+import { captureImage } from '../../src/image/capture.js';
+import { makeMachineTree, makeNewOsTree } from '../../src/lab/machine-tree.js';
+import type { MachineTreeFacts } from '../../src/lab/machine-tree.js';
+import { defaults } from '../../src/package/schema.js';
+
+/**
+ * What deployment tests share: a DP holding a new OS image (Debian 13 from the lab generator)
+ * and a PE image, lab machines (a generated Debian 12 disk, an EFI partition with the boot
+ * configuration, an identity), a plan, and a snapshot of the data that must not change.
+ */
+
+export interface DeployFixture {
+  dp: string;
+  imageId: string;
+  peId: string;
+}
+
+/**
+ * Captures the new OS and the PE into a DP folder. `bundle(role)` is the content of the agent
+ * program each carries (`/usr/lib/reimage/agent.bundle` in the OS, `/agent.bundle` in the PE).
+ */
+export async function makeDeployFixture(
+  base: string,
+  bundle: (where: 'os' | 'pe') => string,
+): Promise<DeployFixture> {
+  const dp = join(base, 'dp');
+  const store = ContentStore.open(dp, { create: true });
+  const newOs = join(base, 'new-os');
+  await makeNewOsTree(newOs, { osVersion: '13' });
+  mkdirSync(join(newOs, 'usr/lib/reimage'), { recursive: true });
+  writeFileSync(join(newOs, 'usr/lib/reimage/agent.bundle'), bundle('os'));
+  const img = await captureImage({
+    source: newOs,
+    store,
+    name: 'debian-13',
+    properties: { os: 'debian', version: '13', arch: 'x86_64' },
+  });
+  const pe = join(base, 'pe-tree');
+  mkdirSync(pe);
+  writeFileSync(join(pe, 'agent.bundle'), bundle('pe'));
+  const peImg = await captureImage({ source: pe, store, name: 'reimage-pe' });
+  return { dp, imageId: img.record.id, peId: peImg.record.id };
+}
+
+/** A lab machine folder: `disk/` (Debian 12 with users and data), `esp/`, `machine.json`. */
+export async function makeLabMachine(
+  dir: string,
+  seed: number,
+  oldBundle?: string,
+): Promise<MachineTreeFacts> {
+  const facts = await makeMachineTree(join(dir, 'disk'), { scale: 'small', seed });
+  writeFileSync(
+    join(dir, 'machine.json'),
+    JSON.stringify({
+      name: facts.hostname,
+      mac: '52:54:00:12:34:56',
+      ip: '10.1.0.20',
+      site: 'paris',
+      model: 'lab-1',
+      diskBytes: 64 * 1024 ** 3,
+      arch: 'x86_64',
+    }),
+  );
+  if (oldBundle !== undefined) {
+    mkdirSync(join(dir, 'disk/usr/lib/reimage'), { recursive: true });
+    writeFileSync(join(dir, 'disk/usr/lib/reimage/agent.bundle'), oldBundle);
+  }
+  mkdirSync(join(dir, 'esp/reimage'), { recursive: true });
+  writeFileSync(
+    join(dir, BOOT_CONFIG),
+    JSON.stringify({
+      default: 'os',
+      entries: {
+        os: { program: '/usr/lib/reimage/agent.bundle', args: ['run', '--role', 'client'] },
+      },
+    }),
+  );
+  return facts;
+}
+
+export function makePlan(
+  f: DeployFixture,
+  id: string,
+  over: Partial<DeploymentPlan> = {},
+): DeploymentPlan {
+  return {
+    id,
+    advertisementId: 'ad-1',
+    package: { name: 'debian-13-desktop', version: '1' },
+    image: { id: f.imageId, os: 'debian', arch: 'x86_64', bytes: 64 * 1024 * 1024 },
+    pe: { imageId: f.peId, program: '/agent.bundle' },
+    sources: [f.dp],
+    wipe: { osPaths: [...defaults.osPaths], keep: [...defaults.keep] },
+    rollbackRetainDays: 0,
+    prestage: true,
+    stateStore: { path: '/var/lib/reimage/state' },
+    newClient: { program: '/usr/lib/reimage/agent.bundle', args: ['run', '--role', 'client'] },
+    ...over,
+  };
+}
+
+/**
+ * SHA-256 and inode number of every regular file of the users' homes and of the data outside
+ * them that is not in an OS path: what a deployment must leave byte-identical, in place.
+ */
+export function dataSnapshot(root: string, facts: MachineTreeFacts): Map<string, string> {
+  const files = [...Object.values(facts.userFiles).flat(), ...facts.outsideHome].filter(
+    (f) => !defaults.osPaths.some((p) => `/${f}`.startsWith(`${p}/`)),
+  );
+  const m = new Map<string, string>();
+  for (const f of files) {
+    const abs = join(root, f);
+    const h = createHash('sha256').update(readFileSync(abs)).digest('hex');
+    m.set(f, `${h} ${lstatSync(abs).ino}`);
+  }
+  return m;
+}
