@@ -83,10 +83,7 @@ describe('in-place deployment on a lab machine (engine)', () => {
     assert.equal(outcome, 'succeeded', log.join('\n'));
     assert.deepEqual(roles, ['client', 'pe', 'client']);
     assert.match(readFileSync(join(root, 'etc/os-release'), 'utf8'), /VERSION_ID="?13/);
-    assert.equal(
-      readFileSync(join(root, 'usr/lib/reimage/agent.bundle'), 'utf8'),
-      '// os 2.0.0\n',
-    );
+    assert.equal(readFileSync(join(root, 'usr/lib/reimage/agent.bundle'), 'utf8'), '// os 2.0.0\n');
     assert.deepEqual(dataSnapshot(root, facts), data);
     const after = JSON.parse(readFileSync(join(root, 'etc/reimage/client.json'), 'utf8')) as {
       guid: string;
