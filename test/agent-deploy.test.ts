@@ -1,5 +1,13 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  cpSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -147,4 +155,65 @@ describe('in-place deployment on a lab machine (engine)', () => {
     assert.equal(rb.properties?.['step'], 'boot-os');
     assert.equal(rb.properties?.['code'], 'APPLY_FAILED');
   });
+
+  it('corrupt content at the only DP (not pre-staged): phase 2 fails before the swap, old OS back', async () => {
+    const dpCopy = join(base, `dp-corrupt-${n + 1}`);
+    cpSync(f.dp, dpCopy, { recursive: true });
+    const { dir, facts } = await labMachine();
+    const root = join(dir, 'disk');
+    const data = dataSnapshot(root, facts);
+    const osRelease = readFileSync(join(root, 'etc/os-release'), 'utf8');
+    startDeployment(root, plan({ prestage: false, sources: [dpCopy] }));
+    const { outcome, roles, log } = await bootUntilDone(dir, {
+      beforeBoot: (i) => {
+        if (i !== 1) return;
+        // The PE is installed; now the DP goes bad: bytes flipped all through every pack.
+        for (const pack of listFiles(join(dpCopy, 'packs')).filter((p) => p.endsWith('.pack'))) {
+          const buf = readFileSync(pack);
+          for (let k = 64; k < buf.length; k += 4096) buf[k]! ^= 0xff;
+          writeFileSync(pack, buf);
+        }
+      },
+    });
+    assert.equal(outcome, 'rolled-back', log.join('\n'));
+    assert.deepEqual(roles, ['client', 'pe', 'client']);
+    assert.equal(readFileSync(join(root, 'etc/os-release'), 'utf8'), osRelease);
+    assert.deepEqual(dataSnapshot(root, facts), data);
+    const outbox = new Outbox(keptPaths(root).outbox);
+    const rb = outbox.all().find((e) => e.id === 6000)!;
+    outbox.close();
+    assert.equal(rb.properties?.['step'], 'content');
+  });
+
+  it('a restore that fails in phase 3 rolls the machine back to the old OS, data intact', async () => {
+    const { dir, facts } = await labMachine();
+    const root = join(dir, 'disk');
+    const data = dataSnapshot(root, facts);
+    const osRelease = readFileSync(join(root, 'etc/os-release'), 'utf8');
+    startDeployment(root, plan());
+    const { outcome, roles } = await bootUntilDone(dir, {
+      beforeBoot: (i) => {
+        // Before the new client's first boot, the state store loses its manifest.
+        if (i === 2)
+          for (const m of listFiles(join(root, 'var/lib/reimage/state')).filter((p) =>
+            /manifest\.(enc|json)$/.test(p),
+          ))
+            rmSync(m);
+      },
+    });
+    assert.equal(outcome, 'rolled-back');
+    assert.deepEqual(roles, ['client', 'pe', 'client', 'client']);
+    assert.equal(readFileSync(join(root, 'etc/os-release'), 'utf8'), osRelease);
+    assert.deepEqual(dataSnapshot(root, facts), data);
+    const outbox = new Outbox(keptPaths(root).outbox);
+    const rb = outbox.all().find((e) => e.id === 6000)!;
+    outbox.close();
+    assert.equal(rb.properties?.['step'], 'restore-state');
+  });
 });
+
+function listFiles(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((d) => d.isFile())
+    .map((d) => join(d.parentPath, d.name));
+}
