@@ -234,6 +234,10 @@ export const errorCodes = {
     exit: 1,
     help: 'A distribution point lacks a file the image needs (`details.dp`, `details.path`): the package was not (fully) replicated there. Replicate it again, or let the machine use another DP.',
   },
+  DP_WRITE_FAILED: {
+    exit: 1,
+    help: 'Writing to a distribution point failed (`details.dp`): the WebDAV server refused a request, or smbclient reported an error. Check the address, the credentials and the free space there, then distribute again: what arrived is kept.',
+  },
   INTERNAL: {
     exit: 70,
     http: 500,
