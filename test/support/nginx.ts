@@ -43,7 +43,7 @@ export function nginxSkip(): string | false {
 export interface NginxOptions {
   /**
    * Also accept WebDAV writes (PUT, DELETE, MKCOL, COPY, MOVE) under `root`, as a writable
-   * distribution point; with `auth`, every request needs these basic-auth credentials.
+   * distribution point; with `auth`, writes need these basic-auth credentials (reads stay anonymous).
    */
   dav?: { auth?: { username: string; password: string } };
 }
@@ -64,7 +64,13 @@ export async function startNginx(root: string, opts: NginxOptions = {}): Promise
     if (auth) {
       const users = join(dir, 'users');
       writeFileSync(users, `${auth.username}:{PLAIN}${auth.password}\n`, { mode: 0o600 });
-      dav.push('    auth_basic "reimage test DP";', `    auth_basic_user_file ${users};`);
+      // Machines read anonymously; only writes need the credentials.
+      dav.push(
+        '    limit_except GET HEAD {',
+        '      auth_basic "reimage test DP";',
+        `      auth_basic_user_file ${users};`,
+        '    }',
+      );
     }
   }
   writeFileSync(
@@ -85,7 +91,7 @@ export async function startNginx(root: string, opts: NginxOptions = {}): Promise
       '  server {',
       `    listen 127.0.0.1:${port};`,
       `    root ${root};`,
-      ...dav,
+      ...(dav.length > 0 ? ['    location / {', ...dav.map((l) => `  ${l}`), '    }'] : []),
       '  }',
       '}',
       '',
