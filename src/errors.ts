@@ -250,6 +250,15 @@ export const errorCodes = {
     exit: 1,
     help: "A file of the agent's kept area (`/.reimage`: journal, plan, identity) cannot be read as written. The message names it; the deployment stops there rather than guess.",
   },
+  DP_WRITE_FAILED: {
+    exit: 1,
+    help: 'Writing to a distribution point failed (`details.dp`): the WebDAV server refused a request, or smbclient reported an error. Check the address, the credentials and the free space there, then distribute again: what arrived is kept.',
+  },
+  DISTRIBUTION_SOURCE_NOT_READY: {
+    exit: 1,
+    http: 409,
+    help: 'A distribution point can be filled from another one (`--from-dp`) only once the package is `done` there, and not from itself. Distribute to the source first and wait for it (`reimage package distribution`), then distribute again.',
+  },
   INTERNAL: {
     exit: 70,
     http: 500,

@@ -266,6 +266,16 @@ describe('admin CLI against a real server', { timeout: 240_000 }, () => {
     assert.deepEqual(u.json.distributionPoint.bandwidth, {});
     assert.match(ok(['dp', 'list']).stdout, /paris-dp\s+paris\s+\/srv\/reimage\/paris/);
     assert.equal(ok(['dp', 'show', 'paris-dp', '--json']).json.distributionPoint.site, 'paris');
+    const c = ok(
+      ['dp', 'update', 'paris-dp', '--username', 'writer', '--password-stdin', '--json'],
+      { input: 'dp-write-secret' },
+    );
+    assert.equal(c.json.distributionPoint.hasCredentials, true);
+    assert.ok(!c.stdout.includes('dp-write-secret'));
+    assert.match(ok(['dp', 'show', 'paris-dp']).stdout, /credentials:\s+stored \(sealed\)/);
+    const f = ok(['dp', 'update', 'paris-dp', '--forget-credentials', '--json']);
+    assert.equal(f.json.distributionPoint.hasCredentials, false);
+    fails(['dp', 'update', 'paris-dp', '--domain', 'W'], 'USAGE', 2);
   });
 
   let machineId: string;

@@ -65,11 +65,13 @@ export interface DistributionPoint {
   site: string;
   boundaries: string[];
   bandwidth: Bandwidth;
+  /** Whether credentials for writing to the DP are stored (they are never returned). */
+  hasCredentials: boolean;
   createdAt: string;
   updatedAt: string;
 }
 
-export type DistributionState = 'pending' | 'copying' | 'done' | 'failed';
+export type DistributionState = 'pending' | 'copying' | 'waiting' | 'done' | 'failed';
 
 /** A package's content on one distribution point: replication state and progress. */
 export interface Distribution {
@@ -79,6 +81,10 @@ export interface Distribution {
   bytesDone: number;
   bytesTotal: number;
   error: string | null;
+  /** The DP the copy reads from (hub and spoke); null for the server's library. */
+  sourceDpId: string | null;
+  /** What a running copy is waiting for, e.g. "waiting for window until 22:00". */
+  note: string | null;
   updatedAt: string;
 }
 
@@ -632,6 +638,7 @@ export class Catalog {
       site: r.site,
       boundaries: fromJson(r.boundaries),
       bandwidth: fromJson(r.bandwidth),
+      hasCredentials: r.credentials !== null,
       createdAt: r.created_at,
       updatedAt: r.updated_at,
     };
@@ -643,6 +650,7 @@ export class Catalog {
     site: string;
     boundaries: string[];
     bandwidth: Bandwidth;
+    credentials?: string | null;
   }): Promise<DistributionPoint> {
     const at = this.now();
     const row = {
@@ -652,6 +660,7 @@ export class Catalog {
       site: d.site,
       boundaries: toJson(d.boundaries),
       bandwidth: toJson(d.bandwidth),
+      credentials: d.credentials ?? null,
       created_at: at,
       updated_at: at,
     };
@@ -663,13 +672,20 @@ export class Catalog {
 
   async updateDp(
     id: string,
-    d: { address?: string; site?: string; boundaries?: string[]; bandwidth?: Bandwidth },
+    d: {
+      address?: string;
+      site?: string;
+      boundaries?: string[];
+      bandwidth?: Bandwidth;
+      credentials?: string | null;
+    },
   ): Promise<DistributionPoint> {
     const set: Partial<Tables['distribution_points']> = { updated_at: this.now() };
     if (d.address !== undefined) set.address = d.address;
     if (d.site !== undefined) set.site = d.site;
     if (d.boundaries !== undefined) set.boundaries = toJson(d.boundaries);
     if (d.bandwidth !== undefined) set.bandwidth = toJson(d.bandwidth);
+    if (d.credentials !== undefined) set.credentials = d.credentials;
     await this.q.updateTable('distribution_points').set(set).where('id', '=', id).execute();
     return this.getDp(id);
   }
@@ -689,6 +705,16 @@ export class Catalog {
     return this.dp(r);
   }
 
+  /** The sealed credentials of a DP (null when it has none). */
+  async dpCredentials(id: string): Promise<string | null> {
+    const r = await this.q
+      .selectFrom('distribution_points')
+      .select('credentials')
+      .where('id', '=', id)
+      .executeTakeFirst();
+    return r?.credentials ?? null;
+  }
+
   async deleteDp(id: string): Promise<void> {
     await this.q.deleteFrom('distribution_points').where('id', '=', id).execute();
   }
@@ -703,6 +729,8 @@ export class Catalog {
     bytesDone?: number;
     bytesTotal?: number;
     error?: string | null;
+    sourceDpId?: string | null;
+    note?: string | null;
   }): Promise<Distribution> {
     const row = {
       package_id: d.packageId,
@@ -711,6 +739,8 @@ export class Catalog {
       bytes_done: d.bytesDone ?? 0,
       bytes_total: d.bytesTotal ?? 0,
       error: d.error ?? null,
+      source_dp_id: d.sourceDpId ?? null,
+      note: d.note ?? null,
       updated_at: this.now(),
     };
     await write({ kind: 'distribution', name: `${d.packageId} on ${d.dpId}` }, () =>
@@ -723,6 +753,8 @@ export class Catalog {
             bytes_done: row.bytes_done,
             bytes_total: row.bytes_total,
             error: row.error,
+            source_dp_id: row.source_dp_id,
+            note: row.note,
             updated_at: row.updated_at,
           }),
         )
@@ -732,9 +764,10 @@ export class Catalog {
   }
 
   async listDistributions(
-    filter: { packageId?: string; dpId?: string } = {},
+    filter: { packageId?: string; dpId?: string; states?: DistributionState[] } = {},
   ): Promise<Distribution[]> {
     let q = this.q.selectFrom('distributions').selectAll();
+    if (filter.states) q = q.where('state', 'in', filter.states);
     if (filter.packageId) q = q.where('package_id', '=', filter.packageId);
     if (filter.dpId) q = q.where('dp_id', '=', filter.dpId);
     const rows = await q.orderBy('package_id').orderBy('dp_id').execute();
@@ -749,6 +782,8 @@ export class Catalog {
       bytesDone: num(r.bytes_done),
       bytesTotal: num(r.bytes_total),
       error: r.error,
+      sourceDpId: r.source_dp_id,
+      note: r.note,
       updatedAt: r.updated_at,
     };
   }

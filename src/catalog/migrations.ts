@@ -178,6 +178,15 @@ export const migrations: Record<string, Migration> = {
       await db.schema.createIndex('distributions_dp').on('distributions').column('dp_id').execute();
     },
   },
+  '0003-distribution-source': {
+    async up(db: AnyDb) {
+      // Hub and spoke: the DP a copy reads from (null: the library); what a copy waits for.
+      await db.schema.alterTable('distributions').addColumn('source_dp_id', 'text').execute();
+      await db.schema.alterTable('distributions').addColumn('note', 'text').execute();
+      // Credentials for writing to a DP (WebDAV, SMB), sealed with the server's SecretBox.
+      await db.schema.alterTable('distribution_points').addColumn('credentials', 'text').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -57,6 +57,8 @@ export interface DistributionPointRow {
   site: string;
   boundaries: string;
   bandwidth: string;
+  /** Sealed credentials for writing to the DP, or null. */
+  credentials: string | null;
   created_at: string;
   updated_at: string;
 }
@@ -136,11 +138,15 @@ export interface AuditRow {
 export interface DistributionRow {
   package_id: string;
   dp_id: string;
-  /** 'pending' | 'copying' | 'done' | 'failed' */
+  /** 'pending' | 'copying' | 'waiting' | 'done' | 'failed' */
   state: string;
   bytes_done: number | string;
   bytes_total: number | string;
   error: string | null;
+  /** The DP the copy reads from; null for the library. */
+  source_dp_id: string | null;
+  /** What a copy is waiting for, e.g. "waiting for window until 22:00". */
+  note: string | null;
   updated_at: string;
 }
 

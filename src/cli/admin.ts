@@ -733,18 +733,27 @@ function registerPackage(program: Command, ctx: AdminContext): void {
       print(o, doc, () => toYaml(doc).trimEnd());
     },
   );
-  serverCommand<[string], ConnectionOptions & { dp?: string[] }>(
+  serverCommand<[string], ConnectionOptions & { dp?: string[]; fromDp?: string }>(
     pkg,
     'distribute <ref>',
     'copy the package’s content to distribution points (only what they lack; runs on the server; see `package distribution`)',
     ctx,
-    (c) => same(c).requiredOption('--dp <name...>', 'distribution points by name'),
+    (c) =>
+      same(c)
+        .requiredOption('--dp <name...>', 'distribution points by name')
+        .option(
+          '--from-dp <name>',
+          'fill them from this DP instead of the library (hub and spoke; the package must be done there)',
+        ),
     async (api, r, o) => {
       const res = await api.request<{ items: DistributionRow[] }>(
         'POST',
         `/api/v1/packages/${ref(r)}/distribute`,
         {
-          body: { distributionPoints: o.dp ?? [] },
+          body: {
+            distributionPoints: o.dp ?? [],
+            ...(o.fromDp ? { fromDistributionPoint: o.fromDp } : {}),
+          },
         },
       );
       print(o, res, () => distributionLines(res.items));
@@ -768,6 +777,8 @@ function registerPackage(program: Command, ctx: AdminContext): void {
 
 interface DistributionRow {
   dpName: string;
+  sourceDpName?: string | null;
+  note?: string | null;
   state: string;
   bytesDone: number;
   bytesTotal: number;
@@ -780,7 +791,8 @@ function distributionLines(rows: DistributionRow[]): string {
   return rows
     .map((d) => {
       const pct = d.bytesTotal > 0 ? ` ${Math.floor((100 * d.bytesDone) / d.bytesTotal)}%` : '';
-      return `${d.dpName.padEnd(16)} ${d.state}${d.state === 'copying' ? pct : ''}${d.error ? `: ${d.error}` : ''}`;
+      const from = d.sourceDpName ? ` (from ${d.sourceDpName})` : '';
+      return `${d.dpName.padEnd(16)} ${d.state}${d.state === 'copying' || d.state === 'waiting' ? pct : ''}${from}${d.note ? `: ${d.note}` : ''}${d.error ? `: ${d.error}` : ''}`;
     })
     .join('\n');
 }
@@ -794,6 +806,24 @@ interface DpOptions extends ConnectionOptions {
   rateLimit?: string;
   window?: string[];
   anyTime?: boolean;
+  username?: string;
+  domain?: string;
+  passwordStdin?: boolean;
+  forgetCredentials?: boolean;
+}
+
+/** Write credentials from --username (password from stdin or asked for), or undefined. */
+async function credentialsOf(o: DpOptions) {
+  if (o.username === undefined) {
+    if (o.domain !== undefined || o.passwordStdin)
+      throw new ReimageError('USAGE', '--domain and --password-stdin go with --username');
+    return undefined;
+  }
+  return {
+    username: o.username,
+    password: await password(o.passwordStdin, `password of ${o.username} on the DP: `, false),
+    ...(o.domain !== undefined ? { domain: o.domain } : {}),
+  };
 }
 
 function dpLines(d: DistributionPoint): string[] {
@@ -810,6 +840,7 @@ function dpLines(d: DistributionPoint): string[] {
         ? (d.bandwidth.windows as TimeWindow[]).map(formatWindow).join('; ')
         : 'any time',
     ),
+    field('credentials', d.hasCredentials ? 'stored (sealed)' : 'none'),
     field('updated', when(d.updatedAt)),
   ];
 }
@@ -852,7 +883,13 @@ function registerDp(program: Command, ctx: AdminContext): void {
         '--window <window>',
         'replicate only inside this window, e.g. "mon-fri 20:00-06:00"; repeatable (replaces the list)',
         collect,
-      );
+      )
+      .option(
+        '--username <user>',
+        'who the server writes to the DP as (WebDAV basic auth, SMB user); the password is asked for',
+      )
+      .option('--domain <domain>', 'SMB workgroup or domain of --username')
+      .option('--password-stdin', 'read the password of --username from stdin');
 
   serverCommand<[], ConnectionOptions>(
     dp,
@@ -912,6 +949,7 @@ function registerDp(program: Command, ctx: AdminContext): void {
       ),
     async (api, name, o) => {
       const bandwidth = bandwidthOf(o);
+      const credentials = await credentialsOf(o);
       const d = await api.request<DistributionPoint>('POST', '/api/v1/distribution-points', {
         body: {
           name,
@@ -919,6 +957,7 @@ function registerDp(program: Command, ctx: AdminContext): void {
           site: o.site,
           ...(o.boundary ? { boundaries: o.boundary } : {}),
           ...(Object.keys(bandwidth).length ? { bandwidth } : {}),
+          ...(credentials ? { credentials } : {}),
         },
       });
       print(o, { distributionPoint: d }, () => `created distribution point ${d.name} (${d.id})`);
@@ -930,11 +969,14 @@ function registerDp(program: Command, ctx: AdminContext): void {
     'change a distribution point',
     ctx,
     (c) =>
-      common(
-        c.option('--address <address>', 'new address').option('--site <site>', 'new site'),
-      ).option('--any-time', 'replicate at any time (remove the windows)'),
+      common(c.option('--address <address>', 'new address').option('--site <site>', 'new site'))
+        .option('--any-time', 'replicate at any time (remove the windows)')
+        .option('--forget-credentials', 'forget the stored write credentials'),
     async (api, r, o) => {
       const body: Record<string, unknown> = {};
+      const credentials = await credentialsOf(o);
+      if (credentials) body.credentials = credentials;
+      else if (o.forgetCredentials) body.credentials = null;
       if (o.address !== undefined) body.address = o.address;
       if (o.site !== undefined) body.site = o.site;
       if (o.boundary) body.boundaries = o.boundary;

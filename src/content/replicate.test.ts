@@ -3,12 +3,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Compressor } from 'zstd-napi';
 import { isReimageError } from '../errors.js';
-import { randomData } from '../../test/support/random.js';
-import { sha256, sha256Hex } from './digest.js';
+import { libraryImage } from '../../test/support/library-image.js';
+import { sha256Hex } from './digest.js';
 import { fetchImage } from './fetch.js';
-import { FrameBuilder, type Frame } from './pack.js';
 import { dirRemote } from './remote.js';
 import { replicateImage } from './replicate.js';
 import { ContentStore } from './store.js';
@@ -19,35 +17,8 @@ let imageId: string;
 let packs: string[];
 let totalBytes: number;
 
-/** An image in a library store: ~3 MiB of incompressible chunks in one pack, a manifest, a record. */
 async function makeImage(): Promise<void> {
-  lib = ContentStore.open(path.join(dir, 'library'), { create: true });
-  const frames: Frame[] = [];
-  const fb = new FrameBuilder((f) => frames.push(f));
-  for (let i = 0; i < 48; i++) {
-    const data = randomData(`chunk-${i}`, 64 * 1024);
-    fb.add(sha256(data), data);
-  }
-  fb.flush();
-  const session = lib.beginSession(lib.loadIndex());
-  for (const f of frames) session.addFrame(f);
-  packs = (await session.commit()).packs;
-  session.close();
-  const manifest = Buffer.from(`a manifest naming 48 chunks ${'x'.repeat(1000)}`);
-  imageId = sha256Hex(manifest);
-  const c = new Compressor();
-  lib.writeObject('manifests', `${imageId}.zst`, c.compress(manifest));
-  lib.writeObject(
-    'images',
-    `${imageId}.json`,
-    JSON.stringify({ id: imageId, name: 'test', packs }, null, 2) + '\n',
-  );
-  totalBytes = 0;
-  for (const p of packs) {
-    totalBytes += fs.statSync(lib.packPath(p)).size + fs.statSync(lib.indexPath(p)).size;
-  }
-  totalBytes += fs.statSync(lib.objectPath('manifests', `${imageId}.zst`)).size;
-  totalBytes += fs.statSync(lib.objectPath('images', `${imageId}.json`)).size;
+  ({ lib, imageId, packs, totalBytes } = await libraryImage(path.join(dir, 'library')));
 }
 
 async function readableByFetch(dp: string): Promise<void> {
@@ -117,8 +88,11 @@ describe('replicateImage', () => {
     assert.deepEqual(ContentStore.open(dp).listPacks(), []);
     const partial = fs.readdirSync(path.join(dp, 'tmp', 'replicate'));
     assert.equal(partial.length, 1);
+    // Counted at the DP: what arrived before the cut is what the first run reported.
+    const arrived = fs.statSync(path.join(dp, 'tmp', 'replicate', partial[0]!)).size;
+    assert.equal(arrived, firstRun);
     const r = await replicateImage({ from: lib.root, to: dp, imageId });
-    assert.equal(firstRun + r.bytesCopied, totalBytes, 'each byte copied once');
+    assert.equal(arrived + r.bytesCopied, totalBytes, 'each byte copied once');
     await readableByFetch(dp);
   });
 
@@ -167,6 +141,94 @@ describe('replicateImage', () => {
     assert.equal(r.bytesCopied, totalBytes);
     // ~3 MiB at 8 MiB/s, minus the initial burst: at least ~250 ms.
     assert.ok(Date.now() - started >= 200, `took ${Date.now() - started} ms`);
+  });
+
+  it('fills a DP from another DP (hub and spoke), verifying what it reads', async () => {
+    const hub = path.join(dir, 'dp-hub');
+    await replicateImage({ from: lib.root, to: hub, imageId });
+    const spoke = path.join(dir, 'dp-spoke');
+    const r = await replicateImage({ from: dirRemote(hub), to: spoke, imageId });
+    assert.equal(r.bytesCopied, totalBytes);
+    await readableByFetch(spoke);
+
+    // A hub that lacks the image, or holds a bad copy, fills nothing.
+    await assert.rejects(
+      replicateImage({ from: dirRemote(path.join(dir, 'dp-none')), to: spoke, imageId }),
+      (e: unknown) => isReimageError(e, 'IMAGE_NOT_FOUND'),
+    );
+    const bad = path.join(dir, 'dp-bad-hub');
+    fs.cpSync(hub, bad, { recursive: true });
+    const packFile = path.join(bad, path.relative(lib.root, lib.packPath(packs[0]!)));
+    const fd = fs.openSync(packFile, 'r+');
+    fs.writeSync(fd, Buffer.from('garbage!'), 0, 8, 5000);
+    fs.closeSync(fd);
+    const victim = path.join(dir, 'dp-victim');
+    await assert.rejects(
+      replicateImage({ from: dirRemote(bad), to: victim, imageId }),
+      (e: unknown) => isReimageError(e, 'PACK_CORRUPT'),
+    );
+    assert.deepEqual(ContentStore.open(victim).listPacks(), []);
+  });
+
+  it('waits outside its windows and copies inside them', async () => {
+    // A clock that starts at 07:00 local time; sleeping moves it on at once.
+    let now = new Date(2026, 0, 5, 7, 0).getTime(); // a Monday
+    const slept: number[] = [];
+    const clock = {
+      now: () => now,
+      sleep: async (ms: number) => {
+        slept.push(ms);
+        now += ms;
+      },
+    };
+    const waits: string[] = [];
+    let bytesWhenWaiting: number[] = [];
+    let done = 0;
+    const dp = path.join(dir, 'dp-window');
+    const r = await replicateImage({
+      from: lib.root,
+      to: dp,
+      imageId,
+      windows: [{ from: '22:00', to: '22:30' }],
+      clock,
+      onWait: (_until, hhmm) => {
+        waits.push(hhmm);
+        bytesWhenWaiting.push(done);
+      },
+      // Each MiB "takes" 10 minutes: the window closes in the middle of the pack.
+      onProgress: (p) => {
+        done = p.bytesDone;
+        now += 10 * 60_000;
+      },
+    });
+    assert.equal(r.bytesCopied, totalBytes);
+    // It waited from 07:00 for 22:00, then (after three MiB inside the window) for the next day.
+    assert.equal(waits[0], '22:00');
+    assert.ok(waits.every((w) => w === '22:00'));
+    bytesWhenWaiting = [...new Set(bytesWhenWaiting)];
+    assert.deepEqual(bytesWhenWaiting.slice(0, 2), [0, 3 * 1024 * 1024]);
+    assert.ok(
+      slept.every((ms) => ms <= 60_000),
+      'long waits are slept in steps',
+    );
+    assert.ok(new Date(now).getDate() > 5, 'finished on a later evening');
+    await readableByFetch(dp);
+
+    await assert.rejects(
+      replicateImage({
+        from: lib.root,
+        to: path.join(dir, 'dp-window-bad'),
+        imageId,
+        windows: [{ from: '25:00', to: '06:00' }],
+        clock,
+      }),
+      (e: unknown) => isReimageError(e, 'INVALID_ARGUMENT'),
+    );
+    assert.equal(
+      fs.existsSync(path.join(dir, 'dp-window-bad')),
+      false,
+      'bad input changes nothing',
+    );
   });
 
   it('refuses an image the library does not have', async () => {

@@ -1,30 +1,20 @@
-import {
-  closeSync,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  readSync,
-  renameSync,
-  rmSync,
-  statSync,
-  writeSync,
-} from 'node:fs';
-import { createHash } from 'node:crypto';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { createHash, type Hash } from 'node:crypto';
 import { Decompressor } from 'zstd-napi';
 import { isReimageError, ReimageError } from '../errors.js';
 import { isHexId, sha256Hex } from './digest.js';
+import { folderWriter, type DpWriter } from './dp-writer.js';
 import { decodeIndex, decompressBounded } from './pack.js';
-import { TokenBucket } from './remote.js';
+import { dirRemote, TokenBucket, type RemoteStore } from './remote.js';
 import { ContentStore } from './store.js';
+import { clockTime, nextOpening, systemClock, type Clock, type TransferWindow } from './window.js';
 
 /** Bytes read and written at a time: also how much an interrupted copy may have in flight. */
 const COPY_CHUNK = 1024 * 1024;
 const MAX_MANIFEST_BYTES = 1024 * 1024 * 1024;
 /** Where partial copies live on the DP, under deterministic names so a re-run resumes them. */
-const TMP_DIR = join('tmp', 'replicate');
+const TMP_DIR = 'tmp/replicate';
+/** A long wait for a window is slept in steps, so a changed clock is noticed. */
+const MAX_SLEEP_MS = 60_000;
 
 export interface ReplicateProgress {
   /** Bytes of the files being copied that are on the DP now (a resumed partial file counts). */
@@ -35,14 +25,22 @@ export interface ReplicateProgress {
 }
 
 export interface ReplicateOptions {
-  /** The library's content store folder. */
-  from: string;
-  /** The distribution point's folder (local or mounted), or a `file://` URL. */
-  to: string;
+  /**
+   * Where the image comes from: the library's content store folder (locked against gc while
+   * we read), or another distribution point read as a RemoteStore (hub and spoke).
+   */
+  from: string | RemoteStore;
+  /** The distribution point: a folder (path or `file://` URL) or a DpWriter (WebDAV, SMB). */
+  to: string | DpWriter;
   imageId: string;
   /** Small files to put on the DP after the image (e.g. the package document), store-relative. */
   extraObjects?: Array<{ path: string; data: Buffer }>;
   rateLimitBytesPerSec?: number;
+  /** Copy only inside these windows (local time); outside them the copy waits. */
+  windows?: TransferWindow[];
+  clock?: Clock;
+  /** Called when the copy starts waiting for a window, with when it opens (ms) and as HH:MM. */
+  onWait?: (until: number, hhmm: string) => void;
   signal?: AbortSignal;
   onProgress?: (p: ReplicateProgress) => void;
 }
@@ -55,21 +53,24 @@ export interface ReplicateResult {
   filesSkipped: number;
 }
 
-interface Planned {
-  rel: string;
-  size: number;
-  verify: (tmpPath: string) => void;
-}
+/** A file to copy: a pack streamed from the source, or a small file already read and verified. */
+type Planned =
+  | { kind: 'pack'; rel: string; size: number; id: string }
+  | { kind: 'small'; rel: string; size: number; data: Buffer; compare: boolean };
 
 /**
- * Copies an image from the library into a distribution point folder: only what the DP lacks
- * (a file of the same size is taken as present; packs are named by their hash and never
- * change). Packs come first, then their indexes (an index appearing is what makes a pack part
- * of the store), then the manifest, the image record and the extra objects. Names are left
- * alone: a DP is read by image id. Every file is copied under `tmp/replicate/` on the DP,
- * verified (pack hash, index checksum, manifest hash) and renamed into place, so a reader
- * never sees half a file. An interrupted run leaves its partial file there; the next run
- * continues it from its length, and a partial file that turns out wrong is copied again.
+ * Copies an image into a distribution point: only what the DP lacks (a file of the same size
+ * is taken as present; packs are named by their hash and never change). Packs come first,
+ * then their indexes (an index appearing is what makes a pack part of the store), then the
+ * manifest, the image record and the extra objects. Names are left alone: a DP is read by
+ * image id.
+ *
+ * The source is not trusted (it may be another DP): the record, indexes (checksum) and
+ * manifest (hash = image id) are read and verified before anything is written, and a pack is
+ * hashed as it streams. Every file is written under `tmp/replicate/` on the DP and renamed
+ * into place once verified. An interrupted run leaves its partial file there; the next run
+ * continues it from its length where the writer can append (folders, SMB), and a partial
+ * file that turns out wrong is copied again.
  */
 export async function replicateImage(opts: ReplicateOptions): Promise<ReplicateResult> {
   if (!isHexId(opts.imageId)) {
@@ -78,29 +79,33 @@ export async function replicateImage(opts: ReplicateOptions): Promise<ReplicateR
       `${JSON.stringify(opts.imageId)} is not an image id`,
     );
   }
-  const from = ContentStore.open(toPath(opts.from));
-  const to = ContentStore.open(toPath(opts.to), { create: true });
-  // gc of either store waits while we copy.
-  const fromLock = await from.lock('shared', `replicate ${opts.imageId} from here`);
+  // Bad windows fail before anything is read or written.
+  nextOpening(opts.windows, (opts.clock ?? systemClock).now());
+  let source: RemoteStore;
+  let releaseSource = () => {};
+  if (typeof opts.from === 'string') {
+    const lib = ContentStore.open(opts.from);
+    // gc of the library waits while we copy.
+    const lock = await lib.lock('shared', `replicate ${opts.imageId} from here`);
+    releaseSource = () => lock.release();
+    source = dirRemote(lib.root);
+  } else source = opts.from;
   try {
-    const toLock = await to.lock('shared', `replicate ${opts.imageId} to here`);
+    const writer = typeof opts.to === 'string' ? folderWriter(opts.to) : opts.to;
+    const release = await writer.open();
     try {
-      return await new Replication(opts, from, to).run();
+      return await new Replication(opts, source, writer).run();
     } finally {
-      toLock.release();
+      await release();
     }
   } finally {
-    fromLock.release();
+    releaseSource();
   }
-}
-
-function toPath(p: string): string {
-  return p.startsWith('file:') ? fileURLToPath(p) : p;
 }
 
 class Replication {
   private readonly bucket: TokenBucket | undefined;
-  private readonly dz = new Decompressor();
+  private readonly clock: Clock;
   private bytesCopied = 0;
   private bytesDone = 0;
   private bytesTotal = 0;
@@ -109,112 +114,91 @@ class Replication {
 
   constructor(
     private readonly opts: ReplicateOptions,
-    private readonly from: ContentStore,
-    private readonly to: ContentStore,
+    private readonly src: RemoteStore,
+    private readonly dp: DpWriter,
   ) {
     const rate = opts.rateLimitBytesPerSec;
     this.bucket = rate && rate > 0 ? new TokenBucket(rate) : undefined;
+    this.clock = opts.clock ?? systemClock;
   }
 
   async run(): Promise<ReplicateResult> {
     const id = this.opts.imageId;
     const recordRel = `objects/images/${id}.json`;
     const manifestRel = `objects/manifests/${id}.zst`;
-    const recordBuf = this.from.readObject('images', `${id}.json`);
-    if (!recordBuf) {
-      throw new ReimageError('IMAGE_NOT_FOUND', `the library has no image ${id}`, {
-        details: { image: id, store: this.from.root },
-      });
-    }
-    const packs = parsePacks(recordBuf, id);
+    const record = await this.readSource(
+      recordRel,
+      () =>
+        new ReimageError('IMAGE_NOT_FOUND', `${this.src.name} has no image ${id}`, {
+          details: { image: id, store: this.src.name },
+        }),
+    );
+    const packs = parsePacks(record, id);
 
     const plan: Planned[] = [];
+    const indexes: Planned[] = [];
     for (const p of packs) {
-      plan.push({
-        rel: rel(this.from.root, this.from.packPath(p)),
-        size: this.sizeInLibrary(this.from.packPath(p)),
-        verify: (tmp) => {
-          if (hashFile(tmp) !== p) throw corrupt(`pack ${p}`, 'its SHA-256 is not its name');
-        },
-      });
+      const idxRel = `packs/${p.slice(0, 2)}/${p}.idx`;
+      const idx = await this.readSource(idxRel);
+      let size = 0;
+      try {
+        // The pack is its magic and the frames the index lists, back to back: its size is
+        // where the last frame ends. The index's own checksum is verified here.
+        decodeIndex(idx, Number.MAX_SAFE_INTEGER, p, (_h, off, len) => {
+          size = Math.max(size, off + len);
+        });
+      } catch (e) {
+        throw sourceBad(this.src.name, `the index of pack ${p}`, e);
+      }
+      plan.push({ kind: 'pack', rel: `packs/${p.slice(0, 2)}/${p}.pack`, size, id: p });
+      indexes.push({ kind: 'small', rel: idxRel, size: idx.length, data: idx, compare: false });
     }
     // Indexes after every pack: an index makes its pack visible.
-    for (const p of packs) {
-      plan.push({
-        rel: rel(this.from.root, this.from.indexPath(p)),
-        size: this.sizeInLibrary(this.from.indexPath(p)),
-        verify: (tmp) => {
-          const packSize = statSync(this.to.packPath(p)).size;
-          try {
-            decodeIndex(readFileSync(tmp), packSize, p, () => {});
-          } catch (e) {
-            throw corrupt(`index of pack ${p}`, (e as Error).message);
-          }
-        },
-      });
+    plan.push(...indexes);
+    const manifest = await this.readSource(manifestRel);
+    let manifestOk = false;
+    try {
+      const m = decompressBounded(new Decompressor(), manifest, MAX_MANIFEST_BYTES, 'manifest');
+      manifestOk = sha256Hex(m) === id;
+    } catch {
+      manifestOk = false;
+    }
+    if (!manifestOk) {
+      throw sourceBad(this.src.name, `the manifest of ${id}`, 'it does not hash to the image id');
     }
     plan.push({
+      kind: 'small',
       rel: manifestRel,
-      size: this.sizeInLibrary(join(this.from.root, manifestRel)),
-      verify: (tmp) => {
-        let ok = false;
-        try {
-          const m = decompressBounded(this.dz, readFileSync(tmp), MAX_MANIFEST_BYTES, 'manifest');
-          ok = sha256Hex(m) === id;
-        } catch {
-          ok = false;
-        }
-        if (!ok) throw corrupt(`manifest ${id}`, 'it does not hash to the image id');
-      },
+      size: manifest.length,
+      data: manifest,
+      compare: false,
     });
-    plan.push({
-      rel: recordRel,
-      size: recordBuf.length,
-      verify: (tmp) => {
-        if (!readFileSync(tmp).equals(recordBuf)) throw corrupt(`image record ${id}`, 'differs');
-      },
-    });
-
-    const todo = plan.filter((f) => {
-      const have = sizeOf(join(this.to.root, f.rel));
-      // The record is small and may be rewritten in the library: compare its content.
-      const same =
-        f.rel === recordRel
-          ? have === f.size && readFileSync(join(this.to.root, f.rel)).equals(recordBuf)
-          : have === f.size;
-      if (same) this.filesSkipped++;
-      return !same;
-    });
-    const extras = (this.opts.extraObjects ?? []).filter((x) => {
+    // The record is small and may be rewritten in the library: compare its content.
+    plan.push({ kind: 'small', rel: recordRel, size: record.length, data: record, compare: true });
+    for (const x of this.opts.extraObjects ?? []) {
       checkRel(x.path);
-      const target = join(this.to.root, x.path);
-      const same = sizeOf(target) === x.data.length && readFileSync(target).equals(x.data);
-      if (same) this.filesSkipped++;
-      return !same;
-    });
-    this.bytesTotal =
-      todo.reduce((n, f) => n + f.size, 0) + extras.reduce((n, x) => n + x.data.length, 0);
-    for (const f of todo)
-      this.bytesDone += Math.max(0, Math.min(sizeOf(this.tmpPath(f.rel)), f.size));
+      plan.push({ kind: 'small', rel: x.path, size: x.data.length, data: x.data, compare: true });
+    }
 
-    for (const f of todo) await this.copy(f);
-    for (const x of extras) {
-      this.cancelled();
-      const tmp = this.tmpPath(x.path);
-      mkdirSync(dirname(tmp), { recursive: true });
-      await this.bucket?.take(x.data.length, this.opts.signal).catch((e) => this.rethrow(e));
-      const fd = openSync(tmp, 'w');
-      try {
-        writeAll(fd, x.data);
-        fsyncSync(fd);
-      } finally {
-        closeSync(fd);
-      }
-      this.place(tmp, join(this.to.root, x.path));
-      this.bytesCopied += x.data.length;
-      this.bytesDone += x.data.length;
+    const todo: Planned[] = [];
+    for (const f of plan) {
+      const have = await this.dp.stat(f.rel);
+      const same =
+        have === f.size &&
+        (f.kind === 'pack' || !f.compare || (await this.dp.read(f.rel)).equals(f.data));
+      if (same) this.filesSkipped++;
+      else todo.push(f);
+    }
+    this.bytesTotal = todo.reduce((n, f) => n + f.size, 0);
+    for (const f of todo) {
+      if (f.kind === 'pack' && this.dp.appends)
+        this.bytesDone += Math.max(0, Math.min(await this.dp.stat(this.tmpPath(f.rel)), f.size));
+    }
+
+    for (const f of todo) {
+      if (f.kind === 'pack') await this.copyPack(f);
+      else await this.putSmall(f);
       this.filesCopied++;
-      this.progress(x.path);
     }
     return {
       bytesCopied: this.bytesCopied,
@@ -223,93 +207,110 @@ class Replication {
     };
   }
 
-  private sizeInLibrary(path: string): number {
-    const n = sizeOf(path);
-    if (n < 0) {
-      throw new ReimageError(
-        'PACK_CORRUPT',
-        `the library lacks ${rel(this.from.root, path)}, which image ${this.opts.imageId} needs`,
-        { details: { image: this.opts.imageId, path } },
-      );
+  private async readSource(rel: string, ifMissing?: () => ReimageError): Promise<Buffer> {
+    try {
+      return await this.src.readFile(rel, { signal: this.opts.signal });
+    } catch (e) {
+      if (isReimageError(e, 'DP_FILE_MISSING')) {
+        throw (
+          ifMissing?.() ??
+          new ReimageError(
+            'PACK_CORRUPT',
+            `${this.src.name} lacks ${rel}, which image ${this.opts.imageId} needs`,
+            {
+              cause: e,
+              details: { image: this.opts.imageId, path: rel, store: this.src.name },
+            },
+          )
+        );
+      }
+      this.rethrow(e);
     }
-    return n;
   }
 
   private tmpPath(relPath: string): string {
-    return join(this.to.root, TMP_DIR, relPath.replaceAll('/', '_'));
+    return `${TMP_DIR}/${relPath.replaceAll('/', '_')}`;
   }
 
-  /** Copies one file, resuming a partial temp file; verifies it, recopying once if wrong. */
-  private async copy(f: Planned): Promise<void> {
+  /** Streams one pack, resuming a partial temp file; verifies its hash, recopying once if wrong. */
+  private async copyPack(f: Extract<Planned, { kind: 'pack' }>): Promise<void> {
     const tmp = this.tmpPath(f.rel);
-    mkdirSync(dirname(tmp), { recursive: true });
     for (let attempt = 0; ; attempt++) {
-      let have = sizeOf(tmp);
-      if (have > f.size) {
-        rmSync(tmp, { force: true });
-        this.bytesDone -= Math.min(have, f.size);
+      let have = await this.dp.stat(tmp);
+      if (have > f.size || (have > 0 && !this.dp.appends)) {
+        await this.dp.remove(tmp);
+        if (this.dp.appends) this.bytesDone -= Math.min(have, f.size);
         have = -1;
       }
-      await this.append(join(this.from.root, f.rel), tmp, Math.max(have, 0), f.size, f.rel);
-      try {
-        f.verify(tmp);
-        break;
-      } catch (e) {
-        rmSync(tmp, { force: true });
-        this.bytesDone -= f.size;
-        if (attempt > 0) throw e; // the library's own copy is bad, or the DP corrupts writes
-      }
+      const start = Math.max(have, 0);
+      const hash = createHash('sha256');
+      if (start > 0) hash.update((await this.dp.read(tmp)).subarray(0, start));
+      await this.dp.put(tmp, start, f.size - start, this.chunks(f, start, hash));
+      if (hash.digest('hex') === f.id) break;
+      await this.dp.remove(tmp);
+      this.bytesDone -= f.size;
+      // The source's own copy is bad, or the DP corrupts writes.
+      if (attempt > 0) throw corrupt(`pack ${f.id}`, 'its SHA-256 is not its name');
     }
-    this.place(tmp, join(this.to.root, f.rel));
-    this.filesCopied++;
+    await this.dp.rename(tmp, f.rel);
   }
 
-  private async append(
-    src: string,
-    tmp: string,
+  /** The pack's bytes from `start`, a chunk at a time, inside the windows and the rate limit. */
+  private async *chunks(
+    f: Extract<Planned, { kind: 'pack' }>,
     start: number,
-    size: number,
-    relPath: string,
-  ): Promise<void> {
-    const fin = openSync(src, 'r');
-    const fout = openSync(tmp, start > 0 ? 'r+' : 'w');
-    try {
-      const buf = Buffer.allocUnsafe(COPY_CHUNK);
-      let pos = start;
-      while (pos < size) {
-        this.cancelled();
-        const n = Math.min(COPY_CHUNK, size - pos);
-        await this.bucket?.take(n, this.opts.signal).catch((e) => this.rethrow(e));
-        const got = readSync(fin, buf, 0, n, pos);
-        if (got !== n) {
-          throw new ReimageError('PACK_CORRUPT', `${src} changed while it was copied`, {
-            details: { path: src },
-          });
-        }
-        let off = 0;
-        while (off < n) off += writeSync(fout, buf, off, n - off, pos + off);
-        pos += n;
-        this.bytesCopied += n;
-        this.bytesDone += n;
-        this.progress(relPath);
+    hash: Hash,
+  ): AsyncGenerator<Buffer> {
+    for (let pos = start; pos < f.size;) {
+      const n = Math.min(COPY_CHUNK, f.size - pos);
+      await this.gate(n);
+      let buf: Buffer;
+      try {
+        [buf] = (await this.src.readRanges(f.rel, [{ offset: pos, length: n }], {
+          signal: this.opts.signal,
+        })) as [Buffer];
+      } catch (e) {
+        this.rethrow(e);
       }
-      fsyncSync(fout);
-    } finally {
-      closeSync(fout);
-      closeSync(fin);
+      hash.update(buf);
+      yield buf;
+      pos += n;
+      this.bytesCopied += n;
+      this.bytesDone += n;
+      this.progress(f.rel);
     }
   }
 
-  /** Renames a complete, verified temp file to its final name, durably. */
-  private place(tmp: string, target: string): void {
-    mkdirSync(dirname(target), { recursive: true });
-    renameSync(tmp, target);
-    const dfd = openSync(dirname(target), 'r');
-    try {
-      fsyncSync(dfd);
-    } finally {
-      closeSync(dfd);
+  private async putSmall(f: Extract<Planned, { kind: 'small' }>): Promise<void> {
+    const tmp = this.tmpPath(f.rel);
+    await this.gate(f.data.length);
+    await this.dp.put(
+      tmp,
+      0,
+      f.data.length,
+      (async function* () {
+        yield f.data;
+      })(),
+    );
+    await this.dp.rename(tmp, f.rel);
+    this.bytesCopied += f.data.length;
+    this.bytesDone += f.data.length;
+    this.progress(f.rel);
+  }
+
+  /** Waits for a window to be open and for the rate limit to let `n` bytes pass. */
+  private async gate(n: number): Promise<void> {
+    this.cancelled();
+    for (;;) {
+      const now = this.clock.now();
+      const until = nextOpening(this.opts.windows, now);
+      if (until === undefined) break;
+      this.opts.onWait?.(until, clockTime(until));
+      await this.clock
+        .sleep(Math.min(until - now, MAX_SLEEP_MS), this.opts.signal)
+        .catch((e) => this.rethrow(e));
     }
+    await this.bucket?.take(n, this.opts.signal).catch((e) => this.rethrow(e));
   }
 
   private progress(file: string): void {
@@ -352,41 +353,12 @@ function checkRel(p: string): void {
   }
 }
 
-function rel(root: string, path: string): string {
-  return path
-    .slice(root.length + 1)
-    .split(/[\\/]/)
-    .join('/');
-}
-
-function sizeOf(path: string): number {
-  try {
-    return statSync(path).size;
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return -1;
-    throw e;
-  }
-}
-
-function hashFile(path: string): string {
-  const h = createHash('sha256');
-  const fd = openSync(path, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(COPY_CHUNK);
-    for (;;) {
-      const n = readSync(fd, buf, 0, buf.length, null);
-      if (n === 0) break;
-      h.update(buf.subarray(0, n));
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return h.digest('hex');
-}
-
-function writeAll(fd: number, data: Buffer): void {
-  let off = 0;
-  while (off < data.length) off += writeSync(fd, data, off, data.length - off);
+function sourceBad(source: string, what: string, why: unknown): ReimageError {
+  const reason = why instanceof Error ? why.message : String(why);
+  return new ReimageError('PACK_CORRUPT', `${what} at ${source} is wrong: ${reason}`, {
+    cause: why instanceof Error ? why : undefined,
+    details: { what, store: source },
+  });
 }
 
 function corrupt(what: string, why: string): ReimageError {

@@ -19,6 +19,7 @@ import { authenticate, type Access } from './auth.js';
 import { ErrorBody } from './routes/common.js';
 import { registerRoutes } from './routes/index.js';
 import type { SecretBox } from './secret-box.js';
+import type { Clock } from '../content/window.js';
 
 export const API_VERSION = '1';
 
@@ -35,6 +36,8 @@ export interface ServerDeps {
   /** Largest request body accepted, in bytes (default 1 MiB; status batches and packages fit well inside). */
   bodyLimit?: number;
   clock?: () => number;
+  /** Time as replication sees it for DP windows (tests move it on instead of waiting). */
+  replicationClock?: Clock;
 }
 
 /** The server as route modules see it: fastify with TypeBox-typed schemas. */

@@ -16,8 +16,15 @@ import { canConnect, freePort, serviceSkip } from './services.js';
 export interface Nginx {
   /** http://127.0.0.1:PORT/ */
   url: string;
-  /** Requests logged so far: path, status, body bytes sent and the Range header ('-': none). */
-  log(): Array<{ uri: string; status: number; bytes: number; range: string }>;
+  /** Requests logged so far: path, status, body bytes sent, method, request bytes received and the Range header ('-': none). */
+  log(): Array<{
+    uri: string;
+    status: number;
+    bytes: number;
+    method: string;
+    received: number;
+    range: string;
+  }>;
   /** Body bytes sent so far (optionally only for URIs with this prefix). */
   bytesSent(prefix?: string): number;
   stop(): Promise<void>;
@@ -40,8 +47,16 @@ export function nginxSkip(): string | false {
   return serviceSkip('nginx', nginxUnavailable());
 }
 
-/** Starts nginx serving `root` (read-only, byte ranges are on by default). */
-export async function startNginx(root: string): Promise<Nginx> {
+export interface NginxOptions {
+  /**
+   * Also accept WebDAV writes (PUT, DELETE, MKCOL, COPY, MOVE) under `root`, as a writable
+   * distribution point; with `auth`, writes need these basic-auth credentials (reads stay anonymous).
+   */
+  dav?: { auth?: { username: string; password: string } };
+}
+
+/** Starts nginx serving `root` (read-only unless `dav`; byte ranges are on by default). */
+export async function startNginx(root: string, opts: NginxOptions = {}): Promise<Nginx> {
   const nginx = which('nginx');
   if (!nginx) throw new Error('nginx is not installed');
   const dir = mkdtempSync(join(tmpdir(), 'reimage-nginx-'));
@@ -49,6 +64,22 @@ export async function startNginx(root: string): Promise<Nginx> {
   const access = join(dir, 'access.log');
   const errors = join(dir, 'error.log');
   const conf = join(dir, 'nginx.conf');
+  const dav: string[] = [];
+  if (opts.dav) {
+    dav.push('    dav_methods PUT DELETE MKCOL COPY MOVE;', '    client_max_body_size 0;');
+    const auth = opts.dav.auth;
+    if (auth) {
+      const users = join(dir, 'users');
+      writeFileSync(users, `${auth.username}:{PLAIN}${auth.password}\n`, { mode: 0o600 });
+      // Machines read anonymously; only writes need the credentials.
+      dav.push(
+        '    limit_except GET HEAD {',
+        '      auth_basic "reimage test DP";',
+        `      auth_basic_user_file ${users};`,
+        '    }',
+      );
+    }
+  }
   writeFileSync(
     conf,
     [
@@ -60,13 +91,14 @@ export async function startNginx(root: string): Promise<Nginx> {
       `error_log ${errors} info;`,
       'events {}',
       'http {',
-      "  log_format bytes '$request_uri $status $body_bytes_sent $http_range';",
+      "  log_format bytes '$request_uri $status $body_bytes_sent $request_method $request_length $http_range';",
       `  access_log ${access} bytes;`,
       `  client_body_temp_path ${join(dir, 'body')};`,
       '  keepalive_requests 10000;',
       '  server {',
       `    listen 127.0.0.1:${port};`,
       `    root ${root};`,
+      ...(dav.length > 0 ? ['    location / {', ...dav.map((l) => `  ${l}`), '    }'] : []),
       '  }',
       '}',
       '',
@@ -94,8 +126,16 @@ export async function startNginx(root: string): Promise<Nginx> {
       .split('\n')
       .filter(Boolean)
       .map((line) => {
-        const [uri = '', status = '0', bytes = '0', range = '-'] = line.split(' ');
-        return { uri, status: Number(status), bytes: Number(bytes), range };
+        const [uri = '', status = '0', bytes = '0', method = '', received = '0', range = '-'] =
+          line.split(' ');
+        return {
+          uri,
+          status: Number(status),
+          bytes: Number(bytes),
+          method,
+          received: Number(received),
+          range,
+        };
       });
   return {
     url: `http://127.0.0.1:${port}/`,

@@ -9,6 +9,7 @@ import { openCatalogDb } from '../../src/catalog/db.js';
 import type { CatalogDb } from '../../src/catalog/db.js';
 import { migrateToLatest } from '../../src/catalog/migrations.js';
 import { ContentStore } from '../../src/content/store.js';
+import type { Clock } from '../../src/content/window.js';
 import { createServer } from '../../src/server/app.js';
 import type { App } from '../../src/server/app.js';
 import type { Role } from '../../src/catalog/catalog.js';
@@ -36,7 +37,14 @@ export interface TestServer {
     url: string,
     opts?: { token?: string | null; body?: unknown; role?: Role },
   ): Promise<{ status: number; body: T; raw: string }>;
+  /** Stops the app (as a server shutdown does) and starts a new one on the same database and library. */
+  restart(): Promise<void>;
   close(): Promise<void>;
+}
+
+export interface TestServerOptions {
+  /** Time for the replication windows (see ServerDeps.replicationClock). */
+  replicationClock?: Clock;
 }
 
 /**
@@ -62,7 +70,11 @@ export function forEachDatabase(name: string, suite: (get: () => TestServer) => 
   }
 }
 
-export async function makeTestServer(kind: DbKind, pg?: Postgres): Promise<TestServer> {
+export async function makeTestServer(
+  kind: DbKind,
+  pg?: Postgres,
+  opts: TestServerOptions = {},
+): Promise<TestServer> {
   const dir = mkdtempSync(join(tmpdir(), 'reimage-server-'));
   const dbUrl =
     kind === 'sqlite'
@@ -79,12 +91,15 @@ export async function makeTestServer(kind: DbKind, pg?: Postgres): Promise<TestS
       cb();
     },
   });
-  const app = await createServer({
-    catalog,
-    secrets: SecretBox.loadOrCreate(join(dir, 'secret.key')),
-    store,
-    logger: { level: 'debug', stream },
-  });
+  const make = () =>
+    createServer({
+      catalog,
+      secrets: SecretBox.loadOrCreate(join(dir, 'secret.key')),
+      store,
+      logger: { level: 'debug', stream },
+      ...(opts.replicationClock ? { replicationClock: opts.replicationClock } : {}),
+    });
+  let app = await make();
   const tokens = {} as Record<Role, string>;
   for (const role of ['admin', 'operator', 'read-only'] as const) {
     const user = await catalog.createUser({
@@ -100,7 +115,7 @@ export async function makeTestServer(kind: DbKind, pg?: Postgres): Promise<TestS
       expiresAt: null,
     });
   }
-  return {
+  const server: TestServer = {
     kind,
     app,
     catalog,
@@ -124,10 +139,17 @@ export async function makeTestServer(kind: DbKind, pg?: Postgres): Promise<TestS
         raw: res.body,
       };
     },
+    async restart() {
+      await app.close();
+      app = await make();
+      server.app = app;
+      await app.ready();
+    },
     async close() {
       await app.close();
       await catalogDb.close();
       rmSync(dir, { recursive: true, force: true });
     },
   };
+  return server;
 }

@@ -59,9 +59,35 @@ const Dp = Type.Object({
   site: Type.String(),
   boundaries: Type.Array(Type.String()),
   bandwidth: Bandwidth,
+  hasCredentials: Type.Boolean({
+    description: 'credentials for writing to the DP are stored (they are never returned)',
+  }),
   createdAt: Type.String(),
   updatedAt: Type.String(),
 });
+
+const Credentials = Type.Object(
+  {
+    username: Type.String({ minLength: 1, maxLength: 256 }),
+    password: Type.String({ maxLength: 1024 }),
+    domain: Type.Optional(Type.String({ maxLength: 256, description: 'SMB workgroup or domain' })),
+  },
+  {
+    additionalProperties: false,
+    description:
+      'how the server writes to the DP when it replicates (WebDAV basic auth, SMB user); sealed at rest, never returned',
+  },
+);
+
+/** Credentials the server uses to write to a DP (WebDAV, SMB). */
+export interface DpCredentials {
+  username: string;
+  password: string;
+  domain?: string;
+}
+
+/** The sealing context of a DP's credentials: they open only for the DP of that name. */
+export const dpCredentialsContext = (dpName: string) => `dp-credentials:${dpName}`;
 
 function checkBoundaries(b: string[] | undefined): void {
   const bad = (b ?? []).filter((c) => parseCidr(c) === undefined);
@@ -127,6 +153,7 @@ export function dpRoutes(app: App): void {
             site: Site,
             boundaries: Type.Optional(Boundaries),
             bandwidth: Type.Optional(Bandwidth),
+            credentials: Type.Optional(Credentials),
           },
           { additionalProperties: false },
         ),
@@ -137,10 +164,14 @@ export function dpRoutes(app: App): void {
       checkBoundaries(req.body.boundaries);
       checkAddress(req.body.address);
       const dp = await app.deps.catalog.transaction(async (tx) => {
+        const { credentials, ...rest } = req.body;
         const d = await tx.createDp({
-          ...req.body,
+          ...rest,
           boundaries: req.body.boundaries ?? [],
           bandwidth: req.body.bandwidth ?? {},
+          credentials: credentials
+            ? app.deps.secrets.seal(credentials, dpCredentialsContext(req.body.name))
+            : null,
         });
         await audit(tx, req, 'create', 'distribution point', d.name, `${d.address} site ${d.site}`);
         return d;
@@ -161,6 +192,7 @@ export function dpRoutes(app: App): void {
             site: Type.Optional(Site),
             boundaries: Type.Optional(Boundaries),
             bandwidth: Type.Optional(Bandwidth),
+            credentials: Type.Optional(Type.Union([Credentials, Type.Null()])),
           },
           { additionalProperties: false, minProperties: 1 },
         ),
@@ -172,7 +204,17 @@ export function dpRoutes(app: App): void {
       checkAddress(req.body.address);
       return app.deps.catalog.transaction(async (tx) => {
         const d = await tx.getDp(req.params.ref);
-        const updated = await tx.updateDp(d.id, req.body);
+        const { credentials, ...rest } = req.body;
+        const updated = await tx.updateDp(d.id, {
+          ...rest,
+          ...(credentials !== undefined
+            ? {
+                credentials: credentials
+                  ? app.deps.secrets.seal(credentials, dpCredentialsContext(d.name))
+                  : null,
+              }
+            : {}),
+        });
         await audit(
           tx,
           req,
