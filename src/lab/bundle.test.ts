@@ -15,6 +15,10 @@ test('moduleSpecifiers finds static, dynamic, re-export and worker specifiers', 
     "const w = new URL('./apply-worker.js', import.meta.url);",
     'const dynamic = await import(somePath);',
     "import fs from 'node:fs';",
+    '/**',
+    " * Workers are named with `new URL('./x.js', import.meta.url)`; see import('./doc.js').",
+    ' */',
+    "const u = 'http://x/'; // or import('./commented.js')",
   ].join('\n');
   assert.deepEqual(moduleSpecifiers(js).sort(), [
     '../c.js',

@@ -56,7 +56,9 @@ const BUILD_ONLY_PACKAGES = new Set(['node-addon-api', 'nan', 'prebuild-install'
 /** Files of npm packages that are never loaded at run time: sources, objects, typings, maps. */
 const SKIP_FILE =
   /(Makefile|\.d\.[cm]?ts|\.ts|\.map|\.c|\.cc|\.cpp|\.h|\.hpp|\.o|\.a|\.gyp|\.gypi|\.mk)$/;
-const SKIP_DIR = new Set(['node_modules', 'obj.target', '.deps', '.github', 'deps']);
+const SKIP_DIR = new Set(['node_modules', 'obj.target', '.deps', '.github']);
+/** A native package's bundled C sources (zstd-napi's deps/zstd), skipped only where binding.gyp says it is one. */
+const NATIVE_SOURCES_DIR = 'deps';
 
 /** Versions become folder names on the machine: keep them plain. */
 const VERSION_RE = /^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$/;
@@ -168,12 +170,15 @@ export function buildAgentBundle(opts: BundleOptions): BundleResult {
  * `new URL('./x.js', import.meta.url)`), the npm packages they import with those packages'
  * run-time dependencies, and the native addons.
  */
-export function collectAgentFiles(root: string): {
+export function collectAgentFiles(
+  root: string,
+  entryModule: string = AGENT_ENTRY,
+): {
   files: ArchiveFile[];
   packages: string[];
   modules: number;
 } {
-  const entry = path.join(root, AGENT_ENTRY);
+  const entry = path.join(root, entryModule);
   if (!fs.existsSync(entry))
     throw new ReimageError(
       'INVALID_ARGUMENT',
@@ -231,7 +236,7 @@ export function collectAgentFiles(root: string): {
       optionalDependencies?: Record<string, string>;
     };
     packages.set(dir, `${name}@${pkg.version ?? '?'}`);
-    addTree(dir, add);
+    addTree(dir, add, fs.existsSync(path.join(dir, 'binding.gyp')));
     for (const dep of Object.keys(pkg.dependencies ?? {})) {
       if (BUILD_ONLY_PACKAGES.has(dep) || dep.startsWith('@types/')) continue;
       pending.push({ name: dep, from: dir });
@@ -271,8 +276,21 @@ export function moduleSpecifiers(text: string): string[] {
     /\bimport\(\s*(['"])([^'"\n]+)\1\s*\)/g,
     /\bnew URL\(\s*(['"])([^'"\n]+)\1\s*,\s*import\.meta\.url\s*\)/g,
   ];
-  for (const re of patterns) for (const m of text.matchAll(re)) out.add(m[2]!);
+  for (const re of patterns)
+    for (const m of text.matchAll(re)) if (!inComment(text, m.index)) out.add(m[2]!);
   return [...out];
+}
+
+/**
+ * Whether a match lies in a comment, as tsc leaves them: on a line that starts a comment or
+ * continues a doc comment ("*"), or after "//" on its line. Enough for compiled code; a
+ * specifier quoted inside a string would still be taken (and fail the build if it is missing).
+ */
+function inComment(text: string, at: number): boolean {
+  const lineStart = text.lastIndexOf('\n', at) + 1;
+  const before = text.slice(lineStart, at);
+  const lead = before.trimStart();
+  return lead.startsWith('*') || lead.startsWith('/*') || before.includes('//');
 }
 
 function packageName(spec: string): string {
@@ -294,11 +312,15 @@ function findPackage(name: string, from: string, root: string): string | undefin
   }
 }
 
-function addTree(dir: string, add: (file: string, executable?: boolean) => void): void {
+function addTree(
+  dir: string,
+  add: (file: string, executable?: boolean) => void,
+  nativeTop = false,
+): void {
   for (const d of fs.readdirSync(dir, { withFileTypes: true })) {
     const p = path.join(dir, d.name);
     if (d.isDirectory()) {
-      if (!SKIP_DIR.has(d.name)) addTree(p, add);
+      if (!SKIP_DIR.has(d.name) && !(nativeTop && d.name === NATIVE_SOURCES_DIR)) addTree(p, add);
     } else if (d.isFile()) {
       if (!SKIP_FILE.test(d.name)) add(p, (fs.statSync(p).mode & 0o111) !== 0);
     } else if (d.isSymbolicLink()) {
