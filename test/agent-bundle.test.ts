@@ -1,6 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import {
   copyFileSync,
   existsSync,
@@ -137,6 +137,32 @@ describe('agent bundle', () => {
     const r = runBundle(join(dir, 'agent.bundle'), ['--version']);
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(readdirSync(run), [name]);
+  });
+
+  test('two first starts at once both run, and leave one extracted tree', async () => {
+    const dir = join(work, 'race');
+    mkdirSync(dir);
+    copyFileSync(built.out, join(dir, 'agent.bundle'));
+    const start = () =>
+      new Promise<{ code: number | null; out: string }>((resolve) => {
+        const env: Record<string, string | undefined> = { ...process.env };
+        delete env.REIMAGE_AGENT_RUN_DIR;
+        const c = spawn(process.execPath, [join(dir, 'agent.bundle'), '--version'], {
+          cwd: tmpdir(),
+          env,
+        });
+        let out = '';
+        c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+        c.on('close', (code) => resolve({ code, out }));
+      });
+    const results = await Promise.all([start(), start()]);
+    assert.deepEqual(results, [
+      { code: 0, out: `${VERSION}\n` },
+      { code: 0, out: `${VERSION}\n` },
+    ]);
+    assert.deepEqual(readdirSync(join(dir, 'run')), [
+      `agent-${VERSION}-${built.sha256.slice(0, 16)}`,
+    ]);
   });
 
   test('REIMAGE_AGENT_RUN_DIR chooses where it extracts', () => {

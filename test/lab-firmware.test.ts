@@ -4,6 +4,7 @@ import {
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
   rmSync,
   symlinkSync,
@@ -14,7 +15,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isReimageError } from '../src/errors.js';
 import { runFirmware, type BootConfig } from '../src/lab/firmware.js';
-import { reimage } from './cli.js';
+import { createLabMachine } from '../src/lab/machine.js';
+import { reimage, reimageAsync } from './cli.js';
 
 /**
  * The program the test machines boot: a script on their disk that records each boot (its
@@ -241,5 +243,39 @@ describe('lab firmware', () => {
     const h = reimage(['lab', 'boot', halted.dir]);
     assert.equal(h.status, 1);
     assert.match(h.stderr, /LAB_NO_BOOT_DEVICE: no bootable device/);
+  });
+
+  test('stopping the firmware pulls the power: the running program is killed', async () => {
+    const m = machine(['hang']);
+    const fw = reimageAsync(['lab', 'boot', m.dir, '--json']);
+    let stdout = '';
+    fw.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    const pidFile = join(m.disk, 'pid');
+    while (!existsSync(pidFile)) await sleep(20);
+    const pid = Number(readFileSync(pidFile, 'utf8'));
+    const exited = new Promise<number | null>((resolve) => fw.on('close', (code) => resolve(code)));
+    fw.kill('SIGTERM');
+    assert.equal(await exited, 0);
+    assert.equal(JSON.parse(stdout).end, 'power-removed');
+    assert.throws(() => process.kill(pid, 0), { code: 'ESRCH' });
+    assert.match(m.console(), /os killed by SIGKILL: power-removed/);
+  });
+
+  test('createLabMachine refuses bad input and changes nothing', async () => {
+    const dir = join(work, 'new-machine');
+    await assert.rejects(createLabMachine({ dir, name: 'Bad Name', site: 'hq' }), (e) =>
+      isReimageError(e, 'INVALID_ARGUMENT'),
+    );
+    await assert.rejects(
+      createLabMachine({ dir, name: 'lt-1', site: 'hq', agentBundle: join(work, 'none') }),
+      (e) => isReimageError(e, 'INVALID_ARGUMENT'),
+    );
+    assert.equal(existsSync(dir), false);
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'keep'), 'x');
+    await assert.rejects(createLabMachine({ dir, name: 'lt-1', site: 'hq' }), (e) =>
+      isReimageError(e, 'LAB_MACHINE_INVALID'),
+    );
+    assert.deepEqual(readdirSync(dir), ['keep']);
   });
 });
