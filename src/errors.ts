@@ -259,6 +259,22 @@ export const errorCodes = {
     http: 409,
     help: 'A distribution point can be filled from another one (`--from-dp`) only once the package is `done` there, and not from itself. Distribute to the source first and wait for it (`reimage package distribution`), then distribute again.',
   },
+  LAB_MACHINE_INVALID: {
+    exit: 2,
+    help: 'The folder is not a lab machine: it needs machine.json and disk/ (make one with the lab, see docs/lab.md), or the machine folder to create already holds files.',
+  },
+  LAB_BOOT_CONFIG_INVALID: {
+    exit: 1,
+    help: "The machine's boot configuration (esp/reimage/boot.json) is not valid: bad JSON, a default entry that does not exist, or a boot program that is not a plain path on the machine's disk (`..` and symbolic links leading out of the disk are refused). The machine halts; fix the file (docs/lab.md).",
+  },
+  LAB_NO_BOOT_DEVICE: {
+    exit: 1,
+    help: "No bootable device: the boot configuration or the program its entry names is missing or unreadable on the machine's disk. The machine halts; console.log tells which. Reinstall the program (e.g. the agent bundle) or fix the entry.",
+  },
+  LAB_BOOT_LOOP: {
+    exit: 1,
+    help: 'The machine rebooted or crashed more often than the boot-loop guard allows (default 10 boots a minute) and was halted. Read console.log for why its program keeps ending; raise the limit with `--max-boots-per-minute` if the boots are expected.',
+  },
   INTERNAL: {
     exit: 70,
     http: 500,

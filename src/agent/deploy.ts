@@ -268,7 +268,7 @@ class Engine {
   private check(): { freeBytes: number } {
     const plan = this.plan;
     const id = this.o.platform.identity();
-    if (plan.image.arch && id.arch && plan.image.arch !== id.arch)
+    if (plan.image.arch && id.arch && archName(plan.image.arch) !== archName(id.arch))
       throw new ReimageError(
         'DEPLOYMENT_CHECK_FAILED',
         `The image is for ${plan.image.arch}; this machine is ${id.arch}.`,
@@ -514,6 +514,12 @@ function readTextFile(path: string): string | undefined {
 function renameDir(from: string, to: string): void {
   mkdirSync(dirname(to), { recursive: true, mode: 0o700 });
   renameSync(from, to);
+}
+
+/** Debian's and the kernel's names for the same architectures. */
+function archName(arch: string): string {
+  const a = arch.toLowerCase();
+  return ({ amd64: 'x86_64', arm64: 'aarch64', i686: 'i386' } as Record<string, string>)[a] ?? a;
 }
 
 function osReleaseId(root: string): string | undefined {

@@ -24,6 +24,7 @@ export async function agentMain(argv: string[]): Promise<number> {
     return 0;
   }
   if (argv[0] === 'run') return run(argv.slice(1));
+  if (argv[0] === 'selftest') return selftest();
   process.stderr.write(
     `reimage agent ${agentVersion()}: unknown command ${JSON.stringify(argv[0] ?? '')}\n${USAGE}\n`,
   );
@@ -68,5 +69,51 @@ async function run(argv: string[]): Promise<number> {
     return 1;
   } finally {
     outbox.close();
+  }
+}
+
+/**
+ * Hidden `selftest`: captures a tiny tree into a throwaway content store and applies it again
+ * with the image engine, so that a bundle proves its native addons (reimage_native, zstd) and
+ * worker threads load from where it was extracted. Prints one line; exit code 0 when the
+ * applied tree equals the source. Loaded lazily so that other commands do not pay for it.
+ */
+async function selftest(): Promise<number> {
+  const { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { ContentStore } = await import('../content/store.js');
+  const { captureImage } = await import('../image/capture.js');
+  const { applyImage } = await import('../image/apply.js');
+  const work = mkdtempSync(join(tmpdir(), 'reimage-agent-selftest-'));
+  try {
+    const source = join(work, 'source');
+    mkdirSync(join(source, 'etc'), { recursive: true });
+    const files: Record<string, string> = {
+      'etc/hostname': 'selftest\n',
+      'etc/big.txt': 'reimage agent selftest\n'.repeat(40_000),
+    };
+    for (const [rel, text] of Object.entries(files)) writeFileSync(join(source, rel), text);
+    const store = ContentStore.open(join(work, 'store'), { create: true });
+    const captured = await captureImage({ source, store, name: 'selftest', workers: 2 });
+    const target = join(work, 'target');
+    const applied = await applyImage({
+      store,
+      image: captured.record.id,
+      target,
+      owners: false,
+      workers: 2,
+    });
+    for (const [rel, text] of Object.entries(files)) {
+      if (readFileSync(join(target, rel), 'utf8') !== text)
+        throw new Error(`selftest: ${rel} differs after capture and apply`);
+    }
+    process.stdout.write(
+      `selftest ok: agent ${agentVersion()} captured and applied ${applied.entries} entries ` +
+        `(${applied.bytes} bytes) with native addons and worker threads\n`,
+    );
+    return 0;
+  } finally {
+    rmSync(work, { recursive: true, force: true });
   }
 }

@@ -31,6 +31,8 @@ import {
 import { registerFetchCommand } from './fetch-command.js';
 import { registerServerCommand } from './server-command.js';
 import { registerStateCommands } from './state-command.js';
+import { registerAgentCommands } from './agent-command.js';
+import { registerLabCommands } from './lab-command.js';
 
 /**
  * The `reimage` command: `reimage <noun> <verb>`. Only this entry point reads flags and the
@@ -161,6 +163,8 @@ export function buildProgram(): Command {
         .version as string,
     )
     .showHelpAfterError()
+    // `reimage --version` is the program's; `reimage agent bundle --version V` is the bundle's.
+    .enablePositionalOptions()
     .exitOverride();
 
   const image = program.command('image').description('capture, inspect, apply and verify images');
@@ -833,6 +837,8 @@ export function buildProgram(): Command {
   registerFetchCommand(image);
   registerAdminCommands(program, { env: process.env, image });
   registerStateCommands(program, { env: process.env });
+  registerAgentCommands(program);
+  registerLabCommands(program);
 
   return program;
 }
