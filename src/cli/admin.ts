@@ -532,6 +532,7 @@ function imageLines(i: ImageRecord): string[] {
     field('source', i.sourceMachine),
     field('registered', `${when(i.registeredAt)} by ${i.registeredBy}`),
     ...Object.entries(i.properties).map(([k, v]) => field(k, v)),
+    ...(i.inventory ? yamlBlock('inventory', i.inventory) : []),
   ];
 }
 

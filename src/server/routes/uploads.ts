@@ -32,10 +32,7 @@ const Properties = Type.Object(
     created: Type.String({ format: 'date-time' }),
     sourceMachine: Type.Optional(Str(255)),
     custom: Type.Record(
-      Type.String({
-        pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$',
-        title: 'property name of 1-64 letters, digits, ".", "_" or "-"',
-      }),
+      Type.String({ minLength: 1, maxLength: 128 }),
       Type.String({ maxLength: 1024 }),
       { maxProperties: 64 },
     ),
