@@ -381,6 +381,9 @@ forEachDatabase('image upload', (get) => {
     assert.equal(badData.json().error.code, 'UPLOAD_DATA_INVALID');
     const notFrames = await raw('PUT', 'frames', Buffer.from('hello'));
     assert.equal(notFrames.json().error.code, 'UPLOAD_DATA_INVALID');
+    const tooLarge = await raw('PUT', 'frames', Buffer.alloc(9 * MB));
+    assert.equal(tooLarge.statusCode, 413, tooLarge.body);
+    assert.equal(tooLarge.json().error.code, 'PAYLOAD_TOO_LARGE');
     const status = await server.call<UploadStatus>('GET', `/api/v1/uploads/${id}`);
     assert.equal(status.body.chunksStored, 0, 'nothing of a bad body was stored');
 

@@ -104,7 +104,8 @@ export async function uploadRoutes(app: App): Promise<void> {
   // Frames and manifests arrive as bytes; fastify holds the body (bounded) until it is whole.
   app.addContentTypeParser(
     'application/octet-stream',
-    { parseAs: 'buffer', bodyLimit: MANIFEST_BODY_LIMIT },
+    // The commit route raises its own limit to MANIFEST_BODY_LIMIT; every other route keeps this one.
+    { parseAs: 'buffer', bodyLimit: FRAMES_BODY_LIMIT },
     (_req, body, done) => done(null, body),
   );
 
