@@ -275,6 +275,26 @@ export const errorCodes = {
     exit: 1,
     help: 'The machine rebooted or crashed more often than the boot-loop guard allows (default 10 boots a minute) and was halted. Read console.log for why its program keeps ending; raise the limit with `--max-boots-per-minute` if the boots are expected.',
   },
+  UPLOAD_NOT_FOUND: {
+    exit: 1,
+    http: 404,
+    help: 'The server has no open upload with that id: it was committed, it expired after being idle, or the server restarted. Run the upload again: chunks that reached the library are not sent again.',
+  },
+  UPLOAD_DATA_INVALID: {
+    exit: 1,
+    http: 400,
+    help: 'Data sent to an upload is malformed (a frame or a chunk record out of bounds) or a chunk does not hash to its name. Nothing of that request was stored; the local store may be damaged: `reimage image verify` checks it.',
+  },
+  UPLOAD_MANIFEST_INVALID: {
+    exit: 1,
+    http: 400,
+    help: 'The manifest sent to commit an upload does not hash to the image id, cannot be decompressed, or is malformed. Nothing was recorded; `reimage image verify` checks the local copy.',
+  },
+  UPLOAD_INCOMPLETE: {
+    exit: 1,
+    http: 409,
+    help: 'The upload was committed before the library had every chunk the manifest names (`details.missing` counts them). Nothing was recorded; run the upload again to send what is missing.',
+  },
   INTERNAL: {
     exit: 70,
     http: 500,

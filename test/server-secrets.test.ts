@@ -174,6 +174,20 @@ async function makeWorld(server: TestServer): Promise<World> {
 }
 
 /** Every GET endpoint of the API, with `:ref` filled in, from the OpenAPI document. */
+/** An open upload of the world's image, so that its status is among the reads. */
+async function openUpload(server: TestServer): Promise<string> {
+  const image = await server.call<{ id: string }>('GET', '/api/v1/images/secrets-image');
+  const res = await server.call<{ upload: { id: string } }>('POST', '/api/v1/uploads', {
+    body: {
+      imageId: image.body.id,
+      name: 'secrets-upload',
+      properties: { created: new Date().toISOString(), custom: {} },
+    },
+  });
+  expectStatus(res, 201, 'open an upload');
+  return res.body.upload.id;
+}
+
 function getEndpoints(server: TestServer, w: World, refs: Record<string, string>): string[] {
   const doc = server.app.swagger() as { paths: Record<string, Record<string, unknown>> };
   const urls: string[] = [];
@@ -181,11 +195,12 @@ function getEndpoints(server: TestServer, w: World, refs: Record<string, string>
     // Client endpoints answer machines only; the policy test reads them.
     if (!('get' in methods) || path.startsWith('/api/v1/client/')) continue;
     let url = path;
-    if (path.includes('{ref}')) {
+    const param = /\{(ref|id)\}/.exec(path)?.[0];
+    if (param) {
       const collection = /^\/api\/v1\/([a-z-]+)\//.exec(path)?.[1] ?? '';
       const ref = refs[collection];
       assert.ok(ref, `the secrets test knows no ${collection} to read at ${path}: add one`);
-      url = path.replace('{ref}', encodeURIComponent(ref));
+      url = path.replace(param, encodeURIComponent(ref));
     }
     // The one admin read that takes a required query: a machine's state-store key (a secret
     // by design, derived, not a planted one).
@@ -285,6 +300,7 @@ forEachDatabase('secrets are write-only', (get) => {
       'distribution-points': 'dp-paris',
       images: 'secrets-image',
       users: 'admin',
+      uploads: await openUpload(server),
     };
     const urls = getEndpoints(server, w, refs);
     assert.ok(urls.length >= 20, `${urls.length} GET endpoints`);

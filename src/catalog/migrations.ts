@@ -187,6 +187,13 @@ export const migrations: Record<string, Migration> = {
       await db.schema.alterTable('distribution_points').addColumn('credentials', 'text').execute();
     },
   },
+  '0004-image-inventory': {
+    async up(db: AnyDb) {
+      // The source machine's inventory as the capturing client reported it (JSON), for
+      // images uploaded from a model computer; null for images registered from the library.
+      await db.schema.alterTable('images').addColumn('inventory', 'text').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

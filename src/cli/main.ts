@@ -33,6 +33,7 @@ import { registerServerCommand } from './server-command.js';
 import { registerStateCommands } from './state-command.js';
 import { registerAgentCommands } from './agent-command.js';
 import { registerLabCommands } from './lab-command.js';
+import { registerUploadCommand } from './upload-command.js';
 
 /**
  * The `reimage` command: `reimage <noun> <verb>`. Only this entry point reads flags and the
@@ -839,6 +840,7 @@ export function buildProgram(): Command {
   registerStateCommands(program, { env: process.env });
   registerAgentCommands(program);
   registerLabCommands(program);
+  registerUploadCommand(image, { env: process.env });
 
   return program;
 }
