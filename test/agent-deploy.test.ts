@@ -156,6 +156,23 @@ describe('in-place deployment on a lab machine (engine)', () => {
     assert.equal(rb.properties?.['code'], 'APPLY_FAILED');
   });
 
+  it('pre-staged: phase 2 needs no network (the DP is gone after phase 1) and still completes', async () => {
+    const dpCopy = join(base, `dp-gone-${n + 1}`);
+    cpSync(f.dp, dpCopy, { recursive: true });
+    const { dir, facts } = await labMachine();
+    const root = join(dir, 'disk');
+    const data = dataSnapshot(root, facts);
+    startDeployment(root, plan({ prestage: true, sources: [dpCopy] }));
+    const { outcome, log } = await bootUntilDone(dir, {
+      beforeBoot: (i) => {
+        if (i === 1) rmSync(dpCopy, { recursive: true }); // the link is down from here on
+      },
+    });
+    assert.equal(outcome, 'succeeded', log.join('\n'));
+    assert.match(readFileSync(join(root, 'etc/os-release'), 'utf8'), /VERSION_ID="?13/);
+    assert.deepEqual(dataSnapshot(root, facts), data);
+  });
+
   it('corrupt content at the only DP (not pre-staged): phase 2 fails before the swap, old OS back', async () => {
     const dpCopy = join(base, `dp-corrupt-${n + 1}`);
     cpSync(f.dp, dpCopy, { recursive: true });
