@@ -11,6 +11,7 @@ import { independentListing, diffListings } from './support/listing.js';
 import { nginxSkip, startNginx, type Nginx } from './support/nginx.js';
 import { namespaceUnavailable, startLink, startNamespaceLink, type Link } from './support/wan.js';
 import { execFileSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { ContentStore } from '../src/content/store.js';
 import { captureImage } from '../src/image/capture.js';
 import { applyImage } from '../src/image/apply.js';
@@ -188,6 +189,51 @@ describe('the namespace link (veth + tc tbf)', { skip: namespaceUnavailable() ??
       assert.ok(cut.stalled || cut.error, JSON.stringify(cut));
       assert.ok((cut.n ?? 0) < MB);
       ns.restore();
+    } finally {
+      server.kill();
+      ns.close();
+    }
+  });
+
+  test('with 3 % of packets dropped by nftables, 1 MiB still arrives whole (TCP retransmits)', async () => {
+    const ns = startNamespaceLink({ rateBitsPerSec: 8e6, lossPercent: 3 });
+    const data = Buffer.from(Array.from({ length: MB }, (_, i) => (i * 7919) % 251));
+    const server = spawn(
+      ns.argv('server')[0]!,
+      [
+        ...ns.argv('server').slice(1),
+        process.execPath,
+        '-e',
+        `const d = Buffer.from(Array.from({ length: ${MB} }, (_, i) => (i * 7919) % 251));
+         require('net').createServer((s) => s.end(d)).listen(9000, '${ns.serverAddr}', () => console.log('up'))`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.stdout.once('data', () => resolve());
+        server.once('exit', (code) => reject(new Error(`server exited ${code}`)));
+      });
+      const out = execFileSync(
+        ns.argv('client')[0]!,
+        [
+          ...ns.argv('client').slice(1),
+          process.execPath,
+          '-e',
+          `const h = require('crypto').createHash('sha256'); let n = 0;
+           const c = require('net').connect(9000, '${ns.serverAddr}');
+           c.on('data', (d) => { n += d.length; h.update(d); });
+           c.on('end', () => { console.log(JSON.stringify({ n, sha: h.digest('hex') })); process.exit(0); });
+           setTimeout(() => { console.log(JSON.stringify({ n, stalled: true })); process.exit(0); }, 60000);`,
+        ],
+        { encoding: 'utf8' },
+      );
+      const got = JSON.parse(out) as { n: number; sha?: string };
+      assert.equal(got.n, MB);
+      assert.equal(got.sha, createHash('sha256').update(data).digest('hex'));
+      const dropped = ns.dropped();
+      console.log(`namespace loss: ${dropped} packets dropped by nftables for 1 MiB`);
+      assert.ok(dropped > 0, 'nftables dropped packets');
     } finally {
       server.kill();
       ns.close();

@@ -368,6 +368,8 @@ export interface NamespaceLink {
   cut(): void;
   restore(): void;
   close(): void;
+  /** Packets nftables dropped so far (0 without `lossPercent`). */
+  dropped(): number;
 }
 
 let nsCounter = 0;
@@ -386,7 +388,15 @@ export function namespaceUnavailable(): string | undefined {
   return undefined;
 }
 
-export function startNamespaceLink(opts: { rateBitsPerSec: number }): NamespaceLink {
+/**
+ * Two namespaces joined by a veth pair, rate-limited with `tc tbf` on the server's side and,
+ * with `lossPercent`, dropping that share of the server's packets at random with nftables
+ * (`numgen random mod 100 < N drop`, counted: `dropped()`). `netem` is not in this kernel.
+ */
+export function startNamespaceLink(opts: {
+  rateBitsPerSec: number;
+  lossPercent?: number;
+}): NamespaceLink {
   const why = namespaceUnavailable();
   if (why) throw new Error(why);
   const ip = toolPath('ip')!;
@@ -453,11 +463,39 @@ export function startNamespaceLink(opts: { rateBitsPerSec: number }): NamespaceL
       'latency',
       '400ms',
     ]);
+    if (opts.lossPercent) {
+      const nft = toolPath('nft');
+      if (!nft) throw new Error('nft (nftables) is missing: apt-get install nftables');
+      const loss = Math.round(opts.lossPercent);
+      run(ip, ['netns', 'exec', s, nft, 'add', 'table', 'inet', 'rwan']);
+      run(ip, [
+        'netns',
+        'exec',
+        s,
+        nft,
+        'add chain inet rwan out { type filter hook output priority 0 ; }',
+      ]);
+      run(ip, [
+        'netns',
+        'exec',
+        s,
+        nft,
+        `add rule inet rwan out oifname "${name}a" numgen random mod 100 < ${loss} counter drop`,
+      ]);
+    }
   } catch (e) {
     close();
     throw e;
   }
+  const nft = toolPath('nft');
   return {
+    dropped: () => {
+      if (!opts.lossPercent || !nft) return 0;
+      const out = execFileSync(ip, ['netns', 'exec', s, nft, 'list', 'table', 'inet', 'rwan'], {
+        encoding: 'utf8',
+      });
+      return Number(/counter packets (\d+)/.exec(out)?.[1] ?? 0);
+    },
     serverNs: s,
     clientNs: c,
     serverAddr: '10.213.0.1',
