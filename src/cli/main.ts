@@ -59,7 +59,7 @@ export function buildProgram(): Command {
 
   const image = program.command('image').description('capture, inspect, apply and verify images');
 
-  registerCaptureCommand(image);
+  registerCaptureCommand(image, { env: process.env });
 
   withConnection(
     withCommon(
