@@ -234,6 +234,18 @@ describe('capture to an SMB share', { skip: sambaSkip() }, () => {
     await propertiesPage(t);
     await t.answer('Start the capture?');
     await t.waitFor(/copying to the share: \d+\/\d+ files/);
+    // Whatever runs now (smbclient included) carries no password in its arguments or environment.
+    for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+      for (const f of ['cmdline', 'environ']) {
+        let text = '';
+        try {
+          text = readFileSync(`/proc/${pid}/${f}`, 'latin1');
+        } catch {
+          continue; // gone meanwhile
+        }
+        assert.ok(!text.includes(samba.password), `the password is in /proc/${pid}/${f}`);
+      }
+    }
     const done = await t.waitFor(/copied: +\d+ files.*\n/);
     assert.equal(await t.exited, 0, t.screen());
     assert.match(done, /stored in: +share smb:\/\/127\.0\.0\.1:\d+\/state\/images as reimage-test/);
@@ -245,6 +257,27 @@ describe('capture to an SMB share', { skip: sambaSkip() }, () => {
     assert.deepEqual(readdirSync(tmp), [], 'no temporary store left');
     assert.ok(!t.screen().includes(samba.password), 'the password is never shown');
     assert.ok(!samba.logs().includes(samba.password));
+  });
+
+  test('cancelled on the progress page, a share capture leaves the share and the temporary folder as they were', async () => {
+    const shareStore = join(samba.shareDir, 'images');
+    const before = existsSync(shareStore) ? snapshot(shareStore) : [];
+    const t = startTerminal(['image', 'capture', '--read-rate', '0.5'], {
+      env: { ...env, REIMAGE_SHARE_PASSWORD: samba.password },
+    });
+    await sourcePage(t, 'cancelled-smb', shareDest());
+    await t.answer('Account for the share', samba.username);
+    await t.answer('Password for'); // Enter keeps the one from the environment
+    await t.answer('Generalize the image', 'n');
+    await propertiesPage(t);
+    await t.answer('Start the capture?');
+    await t.waitFor(/captured: +[\d.]+ \w*B of/);
+    t.type(KEY.ctrlC);
+    await t.answer('Cancel capture? nothing will be kept', 'y');
+    await t.waitFor('Capture cancelled; nothing was kept.');
+    assert.equal(await t.exited, 130);
+    assert.deepEqual(existsSync(shareStore) ? snapshot(shareStore) : [], before);
+    assert.deepEqual(readdirSync(tmp), []);
   });
 
   test('a scripted capture from an answer file copies only what the share lacks', async () => {
