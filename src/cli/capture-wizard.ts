@@ -375,7 +375,10 @@ class Wizard {
           draw(true);
         });
     };
+    // A SIGTERM (shutdown, a service manager) does not ask: it cancels, leaving nothing.
+    const onTerm = () => ac.abort();
     process.on('SIGINT', onInt);
+    process.on('SIGTERM', onTerm);
     draw(true);
     try {
       return await runCapture(
@@ -406,6 +409,7 @@ class Wizard {
     } finally {
       while (asking) await asking;
       process.off('SIGINT', onInt);
+      process.off('SIGTERM', onTerm);
     }
   }
 

@@ -165,12 +165,29 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
     };
     let pending: FileTask[] = [];
     let pendingBytes = 0;
+    // With a read rate the walk still runs ahead (so the totals, and the time left, cover the
+    // tree) while files are handed to the workers no faster than the rate.
+    const backlog: FileTask[] = [];
+    let released = 0;
     let handed = 0;
     const rateStart = Date.now();
+    const release = () => {
+      const allowed = (opts.readRate! * (Date.now() - rateStart)) / 1000;
+      while (released < backlog.length && handed <= allowed) {
+        const t = backlog[released]!;
+        backlog[released++] = undefined as unknown as FileTask; // let it go
+        handed += t.size;
+        startPool();
+        queue.push([t]);
+      }
+    };
     try {
       while (!walker.done) {
-        walker.step(opts.readRate ? 16 : 512, (t) => {
-          handed += t.size;
+        walker.step(512, (t) => {
+          if (opts.readRate) {
+            backlog.push(t);
+            return;
+          }
           // A big file alone would keep one worker busy after the others run dry: start it early.
           startPool();
           if (t.size >= BIG_FILE) return queue.pushFront([t]);
@@ -184,21 +201,16 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
         });
         checkAborted(opts.signal);
         if (poolFailure) throw poolFailure.e;
+        if (opts.readRate) release();
         meter.tick();
         await new Promise<void>((r) => setImmediate(r));
-        if (opts.readRate) {
-          // Hand out no more than the rate allows; queued files go to the workers meanwhile.
-          if (pending.length) {
-            queue.push(pending);
-            pending = [];
-            pendingBytes = 0;
-          }
-          while (handed > (opts.readRate * (Date.now() - rateStart)) / 1000) {
-            checkAborted(opts.signal);
-            meter.tick();
-            await new Promise((r) => setTimeout(r, 50));
-          }
-        }
+      }
+      while (released < backlog.length) {
+        checkAborted(opts.signal);
+        if (poolFailure) throw poolFailure.e;
+        release();
+        meter.tick();
+        await new Promise((r) => setTimeout(r, 50));
       }
       if (pending.length) queue.push(pending);
       queue.close();
