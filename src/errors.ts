@@ -242,6 +242,26 @@ export const errorCodes = {
     exit: 1,
     help: 'A distribution point lacks a file the image needs (`details.dp`, `details.path`): the package was not (fully) replicated there. Replicate it again, or let the machine use another DP.',
   },
+  UPLOAD_NOT_FOUND: {
+    exit: 1,
+    http: 404,
+    help: 'The server has no open upload with that id: it was committed, it expired after being idle, or the server restarted. Run the upload again: chunks that reached the library are not sent again.',
+  },
+  UPLOAD_DATA_INVALID: {
+    exit: 1,
+    http: 400,
+    help: 'Data sent to an upload is malformed (a frame or a chunk record out of bounds) or a chunk does not hash to its name. Nothing of that request was stored; the local store may be damaged: `reimage image verify` checks it.',
+  },
+  UPLOAD_MANIFEST_INVALID: {
+    exit: 1,
+    http: 400,
+    help: 'The manifest sent to commit an upload does not hash to the image id, cannot be decompressed, or is malformed. Nothing was recorded; `reimage image verify` checks the local copy.',
+  },
+  UPLOAD_INCOMPLETE: {
+    exit: 1,
+    http: 409,
+    help: 'The upload was committed before the library had every chunk the manifest names (`details.missing` counts them). Nothing was recorded; run the upload again to send what is missing.',
+  },
   INTERNAL: {
     exit: 70,
     http: 500,

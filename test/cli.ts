@@ -27,6 +27,9 @@ export function reimage(args: string[], opts: SpawnSyncOptions = {}): CliResult 
 }
 
 /** Starts `reimage` in the background. */
-export function reimageAsync(args: string[], opts: { uid?: number; gid?: number } = {}) {
+export function reimageAsync(
+  args: string[],
+  opts: { uid?: number; gid?: number; env?: NodeJS.ProcessEnv } = {},
+) {
   return spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
 }

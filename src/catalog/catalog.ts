@@ -35,6 +35,8 @@ export interface ImageRecord {
   storedSize: number;
   fileCount: number;
   sourceMachine: string | null;
+  /** The source machine's inventory as the capturing client sent it (uploads), else null. */
+  inventory: Record<string, unknown> | null;
   registeredAt: string;
   registeredBy: string;
 }
@@ -420,6 +422,7 @@ export class Catalog {
       stored_size: i.storedSize,
       file_count: i.fileCount,
       source_machine: i.sourceMachine,
+      inventory: i.inventory === null ? null : toJson(i.inventory),
       registered_at: this.now(),
       registered_by: i.registeredBy,
     };
@@ -444,6 +447,7 @@ export class Catalog {
       storedSize: num(r.stored_size),
       fileCount: r.file_count,
       sourceMachine: r.source_machine,
+      inventory: r.inventory === null ? null : fromJson(r.inventory),
       registeredAt: r.registered_at,
       registeredBy: r.registered_by,
     };

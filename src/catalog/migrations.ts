@@ -178,6 +178,13 @@ export const migrations: Record<string, Migration> = {
       await db.schema.createIndex('distributions_dp').on('distributions').column('dp_id').execute();
     },
   },
+  '0003-image-inventory': {
+    async up(db: AnyDb) {
+      // The source machine's inventory as the capturing client reported it (JSON), for
+      // images uploaded from a model computer; null for images registered from the library.
+      await db.schema.alterTable('images').addColumn('inventory', 'text').execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

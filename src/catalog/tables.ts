@@ -34,6 +34,8 @@ export interface ImageRow {
   source_machine: string | null;
   registered_at: string;
   registered_by: string;
+  /** JSON, since migration 0003 */
+  inventory: string | null;
 }
 
 export interface PackageRow {

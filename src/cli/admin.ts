@@ -75,7 +75,12 @@ function configFileOf(ctx: AdminContext): string {
   return ctx.configFile ?? defaultConfigFile(ctx.env);
 }
 
-async function connect(o: ConnectionOptions, ctx: AdminContext): Promise<ApiClient> {
+/** A client of the server given by flags, environment or config file (a USAGE error when none is). */
+export async function connect(
+  o: ConnectionOptions,
+  ctx: AdminContext,
+  extra: { timeoutMs?: number } = {},
+): Promise<ApiClient> {
   const c = await resolveConnection({
     flags: { server: o.server, token: o.token, fingerprint: o.serverFingerprint },
     env: ctx.env,
@@ -91,6 +96,7 @@ async function connect(o: ConnectionOptions, ctx: AdminContext): Promise<ApiClie
     token: c.token,
     fingerprint: c.fingerprint,
     userAgent: USER_AGENT,
+    ...extra,
   });
 }
 
@@ -526,6 +532,7 @@ function imageLines(i: ImageRecord): string[] {
     field('source', i.sourceMachine),
     field('registered', `${when(i.registeredAt)} by ${i.registeredBy}`),
     ...Object.entries(i.properties).map(([k, v]) => field(k, v)),
+    ...(i.inventory ? yamlBlock('inventory', i.inventory) : []),
   ];
 }
 

@@ -41,6 +41,7 @@ import {
 } from './admin.js';
 import { registerServerCommand } from './server-command.js';
 import { registerStateCommands } from './state-command.js';
+import { registerUploadCommand } from './upload-command.js';
 
 /**
  * The `reimage` command: `reimage <noun> <verb>`. Only this entry point reads flags and the
@@ -653,6 +654,7 @@ export function buildProgram(): Command {
   registerServerCommand(program, { env: process.env });
   registerAdminCommands(program, { env: process.env, image });
   registerStateCommands(program, { env: process.env });
+  registerUploadCommand(image, { env: process.env });
 
   return program;
 }

@@ -35,6 +35,8 @@ export type QueryValue = string | number | boolean | undefined | readonly (strin
 export interface RequestOptions {
   /** Sent as JSON. */
   body?: unknown;
+  /** Sent as is, as `application/octet-stream` unless `headers` say otherwise (not with `body`). */
+  bytes?: Uint8Array;
   query?: Record<string, QueryValue>;
   headers?: Record<string, string>;
   signal?: AbortSignal;
@@ -157,8 +159,12 @@ export class ApiClient {
       'user-agent': this.#userAgent,
       ...lowerKeys(options.headers ?? {}),
     };
-    let payload: Buffer | undefined;
-    if (options.body !== undefined) {
+    let payload: Uint8Array | undefined;
+    if (options.bytes !== undefined) {
+      payload = options.bytes;
+      headers['content-type'] ??= 'application/octet-stream';
+      headers['content-length'] = String(payload.length);
+    } else if (options.body !== undefined) {
       payload = Buffer.from(JSON.stringify(options.body), 'utf8');
       headers['content-type'] ??= 'application/json';
       headers['content-length'] = String(payload.length);

@@ -80,6 +80,11 @@ export interface ImageRecord {
   parent?: string;
   packs: string[];
   signature?: ImageSignature;
+  /**
+   * The source machine's inventory (hostname, OS, disks…) as the capturing client reported it
+   * when the image was uploaded to a server's library. Not covered by the signature.
+   */
+  inventory?: Record<string, unknown>;
 }
 
 export interface NameRecord {

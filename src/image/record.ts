@@ -88,7 +88,8 @@ export async function recordImage(opts: {
   return { record, created: true };
 }
 
-function countStats(
+/** Counts entries by type and bytes of a manifest's entries; `extra` gives the chunk and store figures. */
+export function countStats(
   entries: Entry[],
   extra: Pick<
     ImageStats,

@@ -154,6 +154,8 @@ export async function createServer(deps: ServerDeps) {
 
 function hasNul(v: unknown, depth = 0): boolean {
   if (typeof v === 'string') return v.includes('\u0000');
+  // Binary bodies (upload frames, manifests) are bytes, not text.
+  if (ArrayBuffer.isView(v)) return false;
   if (v === null || typeof v !== 'object' || depth > 64) return false;
   return Object.entries(v).some(([k, x]) => k.includes('\u0000') || hasNul(x, depth + 1));
 }

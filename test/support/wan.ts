@@ -8,7 +8,7 @@ import { join } from 'node:path';
  * front of a target (a distribution point such as the test nginx). It emulates
  *
  * - **rate**: a token bucket on the downstream direction (target → client), shared by all
- *   connections of the link, in bits per second;
+ *   connections of the link, in bits per second (and optionally upstream, for uploads);
  * - **latency**: every chunk, in both directions, is delivered `latencyMs` after it arrived
  *   (a pipeline: latency does not reduce throughput);
  * - **loss**: TCP hides packet loss from applications (it retransmits), so what a client can
@@ -29,15 +29,17 @@ export interface LinkOptions {
   target: { host: string; port: number };
   /** Downstream rate in bits per second (none by default). */
   rateBitsPerSec?: number;
+  /** Upstream rate (client → target) in bits per second, for uploads (none by default). */
+  upRateBitsPerSec?: number;
   /** Added one-way delay per chunk, both directions (default 0). */
   latencyMs?: number;
   /** Probability (percent) that a connection is reset per MB forwarded downstream. */
   lossPercent?: number;
   /**
    * Scheduled outages: from `atMs` after the link starts, or once `atBytes` bytes have been
-   * delivered downstream (whichever is given), for `forMs`.
+   * delivered downstream, or `atBytesUp` upstream (whichever is given), for `forMs`.
    */
-  outages?: Array<{ atMs?: number; atBytes?: number; forMs: number }>;
+  outages?: Array<{ atMs?: number; atBytes?: number; atBytesUp?: number; forMs: number }>;
   /** Seed for the loss generator (reproducible runs); random by default. */
   seed?: number;
 }
@@ -117,6 +119,10 @@ export async function startLink(opts: LinkOptions): Promise<Link> {
     opts.rateBitsPerSec && opts.rateBitsPerSec > 0
       ? new Bucket(opts.rateBitsPerSec / 8)
       : undefined;
+  const upBucket =
+    opts.upRateBitsPerSec && opts.upRateBitsPerSec > 0
+      ? new Bucket(opts.upRateBitsPerSec / 8)
+      : undefined;
   const lossPerMB = (opts.lossPercent ?? 0) / 100;
   const random = rng(opts.seed ?? Math.floor(Math.random() * 2 ** 32));
   const sockets = new Set<Socket>();
@@ -133,6 +139,9 @@ export async function startLink(opts: LinkOptions): Promise<Link> {
     .filter((o) => o.atBytes !== undefined)
     .map((o) => ({ at: o.atBytes!, forMs: o.forMs, done: false }))
     .sort((a, b) => a.at - b.at);
+  const upByteOutages = (opts.outages ?? [])
+    .filter((o) => o.atBytesUp !== undefined)
+    .map((o) => ({ at: o.atBytesUp!, forMs: o.forMs, done: false }));
 
   const note = (event: LinkEvent['event']) =>
     log.push({ t: Date.now() - started, event, bytesDown: down });
@@ -163,6 +172,7 @@ export async function startLink(opts: LinkOptions): Promise<Link> {
           if (wait > 0) await sleep(wait);
           const piece = head.buf.subarray(0, PIECE);
           if (downstream && bucket) await bucket.take(piece.length);
+          if (!downstream && upBucket) await upBucket.take(piece.length);
           if (outage) continue; // blackholed: hold the data, deliver after restore
           if (dst.destroyed || conn.dead) break;
           dst.write(piece);
@@ -178,7 +188,10 @@ export async function startLink(opts: LinkOptions): Promise<Link> {
                 break;
               }
             }
-          } else up += piece.length;
+          } else {
+            up += piece.length;
+            checkUpByteOutages();
+          }
           head.buf = head.buf.subarray(piece.length);
           queued -= piece.length;
           if (head.buf.length === 0) queue.shift();
@@ -281,6 +294,14 @@ export async function startLink(opts: LinkOptions): Promise<Link> {
     }, forMs);
     timers.add(t);
   };
+  function checkUpByteOutages() {
+    for (const o of upByteOutages) {
+      if (!o.done && up >= o.at) {
+        o.done = true;
+        schedule(o.forMs);
+      }
+    }
+  }
   function checkByteOutages() {
     for (const o of byteOutages) {
       if (!o.done && down >= o.at) {
@@ -290,7 +311,7 @@ export async function startLink(opts: LinkOptions): Promise<Link> {
     }
   }
   for (const o of opts.outages ?? []) {
-    if (o.atMs === undefined || o.atBytes !== undefined) continue;
+    if (o.atMs === undefined || o.atBytes !== undefined || o.atBytesUp !== undefined) continue;
     const t = setTimeout(() => {
       timers.delete(t);
       schedule(o.forMs);

@@ -7,7 +7,7 @@ import type { ImageRecord as StoredImage } from '../../image/library.js';
 import type { App } from '../app.js';
 import { audit, listOf, RefParams, responses } from './common.js';
 
-const Image = Type.Object({
+export const Image = Type.Object({
   id: Type.String(),
   name: Type.String(),
   format: Type.String({
@@ -18,6 +18,9 @@ const Image = Type.Object({
   storedSize: Type.Number(),
   fileCount: Type.Number(),
   sourceMachine: Type.Union([Type.String(), Type.Null()]),
+  inventory: Type.Union([Type.Record(Type.String(), Type.Unknown()), Type.Null()], {
+    description: "the source machine's inventory, as the uploading client reported it",
+  }),
   registeredAt: Type.String(),
   registeredBy: Type.String(),
 });
@@ -42,6 +45,7 @@ export function catalogImage(
     storedSize: rec.stats.storedBytes,
     fileCount: rec.stats.files,
     sourceMachine: p.sourceMachine ?? null,
+    inventory: rec.inventory ?? null,
     registeredBy,
   };
 }

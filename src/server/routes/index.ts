@@ -11,6 +11,7 @@ import { machineRoutes } from './machines.js';
 import { packageRoutes } from './packages.js';
 import { sessionRoutes } from './session.js';
 import { statusRoutes } from './status.js';
+import { uploadRoutes } from './uploads.js';
 
 export async function registerRoutes(app: App): Promise<void> {
   app.get(
@@ -47,4 +48,6 @@ export async function registerRoutes(app: App): Promise<void> {
   advertisementRoutes(app);
   clientRoutes(app);
   statusRoutes(app);
+  // Its own context: the binary body parser applies to the upload endpoints only.
+  await app.register(async (child) => uploadRoutes(child as unknown as App));
 }
