@@ -16,7 +16,8 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import { makeMachineTree } from '../src/lab/machine-tree.js';
-import { reimage } from './cli.js';
+import { reimage, reimageAsync } from './cli.js';
+import { makeTestServer, type TestServer } from './support/server.js';
 import { KEY, startTerminal } from './support/pty.js';
 import { sambaSkip, startSamba, type Samba } from './support/samba.js';
 
@@ -341,5 +342,77 @@ describe('capture to an SMB share', { skip: sambaSkip() }, () => {
     assert.equal(bad.status, 2);
     assert.match(bad.stderr + bad.stdout, /VALIDATION_FAILED/);
     assert.ok(!(bad.stderr + bad.stdout).includes('hunter2-secret'));
+  });
+});
+
+describe('capture into the server library', () => {
+  let server: TestServer;
+  let url: string;
+  before(async () => {
+    server = await makeTestServer('sqlite');
+    await server.app.listen({ host: '127.0.0.1', port: 0 });
+    const a = server.app.server.address();
+    assert.ok(a && typeof a === 'object');
+    url = `http://127.0.0.1:${a.port}`;
+  });
+  after(async () => {
+    await server?.close();
+  });
+
+  /** The CLI runs beside the server in this process: never a synchronous spawn here. */
+  async function capture(args: string[], token: string) {
+    const child = reimageAsync(
+      ['image', 'capture', ...args, '--to', url, '--json', '--progress', 'none'],
+      {
+        env: {
+          ...process.env,
+          REIMAGE_TOKEN: token,
+          XDG_CACHE_HOME: join(work, 'cache'),
+          XDG_CONFIG_HOME: join(work, 'config'),
+          REIMAGE_SERVER: '',
+          REIMAGE_STORE: '',
+        },
+      },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const status = await new Promise<number | null>((r) => child.once('close', r));
+    return { status, stderr, json: status === 0 ? JSON.parse(stdout) : undefined };
+  }
+
+  test('a capture goes through the kept cache store; the next one uploads only what changed', async () => {
+    const model = join(work, 'server-model');
+    await makeMachineTree(model, { scale: 'small', seed: 21 });
+    const a = await capture([model, '--name', 'srv-model'], server.tokens.operator);
+    assert.equal(a.status, 0, a.stderr);
+    assert.ok(a.json.uploaded.chunks > 0);
+    assert.match(a.json.destination, /server library/);
+    writeFileSync(join(model, 'etc/motd'), 'version 2 of the model\n');
+    const b = await capture([model, '--name', 'srv-model'], server.tokens.operator);
+    assert.equal(b.status, 0, b.stderr);
+    assert.ok(
+      b.json.uploaded.chunks < a.json.uploaded.chunks / 10,
+      `second capture sent ${b.json.uploaded.chunks} chunks, the first ${a.json.uploaded.chunks}`,
+    );
+    const res = await server.call<{ items: Array<{ name: string; id: string }> }>(
+      'GET',
+      '/api/v1/images',
+    );
+    assert.equal(res.status, 200, res.raw);
+    assert.ok(JSON.stringify(res.body).includes(b.json.image.id), res.raw);
+    assert.ok(existsSync(join(work, 'cache', 'reimage', 'capture-store', 'reimage-store.json')));
+    // A wrong token fails before anything is captured.
+    const imagesBefore = readdirSync(
+      join(work, 'cache', 'reimage', 'capture-store', 'objects', 'images'),
+    );
+    const bad = await capture([model, '--name', 'srv-bad'], 'rit_wrong');
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /UNAUTHENTICATED/);
+    assert.deepEqual(
+      readdirSync(join(work, 'cache', 'reimage', 'capture-store', 'objects', 'images')),
+      imagesBefore,
+    );
   });
 });

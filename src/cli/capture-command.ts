@@ -8,7 +8,8 @@ import {
   readSecret,
   type CapturePlan,
 } from './capture-plan.js';
-import { runCapture, type CaptureExtras } from './capture-run.js';
+import { captureCacheStore, runCapture, type CaptureExtras } from './capture-run.js';
+import { connect } from './admin.js';
 import { runWizard, type WizardAnswers } from './capture-wizard.js';
 import {
   cancellable,
@@ -45,6 +46,7 @@ interface CaptureFlags extends Common {
   generalize?: boolean;
   yes?: boolean;
   readRate?: number;
+  serverFingerprint?: string;
 }
 
 /** Flags over the answer file: what the user typed last wins. */
@@ -120,6 +122,10 @@ export function registerCaptureCommand(image: Command, deps: { env: Env }): void
         'answer file (YAML) with the wizard’s fields; see docs/capture.md',
       )
       .option('--wizard', 'ask with the wizard even when a source is given')
+      .option(
+        '--server-fingerprint <sha256>',
+        'pin the server certificate (server destination; default: REIMAGE_SERVER_FINGERPRINT, the login)',
+      )
       .option('--description <text>', 'description')
       .option(
         '--property <key=value>',
@@ -162,6 +168,11 @@ export function registerCaptureCommand(image: Command, deps: { env: Env }): void
     const answers = answersFrom(source, o, env);
     const secret = readSecret(o.passwordFile, env);
     const extras: CaptureExtras = {
+      // The server destination: the token from the wizard or --password-file, else REIMAGE_TOKEN
+      // or the login; the capture goes through a local cache store that is kept.
+      connectServer: (url, token) =>
+        connect({ server: url, token, serverFingerprint: o.serverFingerprint }, { env }),
+      cacheStore: captureCacheStore(env),
       ...(o.readRate ? { readRate: o.readRate * 1024 * 1024 } : {}),
       ...(o.workers ? { workers: o.workers } : {}),
       ...(o.signKey ? { signKey: readKeyFile(o.signKey, 'private') } : {}),
@@ -187,6 +198,13 @@ export function registerCaptureCommand(image: Command, deps: { env: Env }): void
     }
 
     const plan = planFrom(answers);
+    // A server's token never comes from the share password's variable.
+    const planSecret =
+      plan.destination.kind === 'server'
+        ? o.passwordFile
+          ? readSecret(o.passwordFile, {})
+          : undefined
+        : secret;
     if (plan.generalize) {
       const items = listGeneralization(plan.source);
       process.stderr.write(
@@ -208,7 +226,7 @@ export function registerCaptureCommand(image: Command, deps: { env: Env }): void
     try {
       const res = await runCapture(
         plan,
-        secret,
+        planSecret,
         {
           signal: c.signal,
           onProgress: view.onProgress,
@@ -232,6 +250,7 @@ export function registerCaptureCommand(image: Command, deps: { env: Env }): void
           warnings: res.warnings,
           destination: res.where,
           ...(res.copied ? { copied: res.copied } : {}),
+          ...(res.uploaded ? { uploaded: res.uploaded } : {}),
         },
         () => [
           ...summary(res.record, [plan.name]),
@@ -239,6 +258,9 @@ export function registerCaptureCommand(image: Command, deps: { env: Env }): void
           `stored in:    ${res.where}`,
           ...(res.copied
             ? [`copied:       ${res.copied.files} files, ${formatBytes(res.copied.bytes)}`]
+            : []),
+          ...(res.uploaded
+            ? [`uploaded:     ${res.uploaded.chunks} chunks, ${formatBytes(res.uploaded.bytes)}`]
             : []),
           ...(res.warnings.length ? [`warnings:     ${res.warnings.length}`] : []),
           res.record.id,

@@ -22,6 +22,11 @@ import { generalizeCaptureOptions } from '../image/generalize.js';
 import type { ImageRecord } from '../image/library.js';
 import type { Progress, Warning } from '../image/progress.js';
 import { shareBackend, type ShareBackend } from '../migrate/share.js';
+import { ImageLibrary } from '../image/library.js';
+import { uploadImage } from '../image/upload.js';
+import { UploadClient } from '../client/uploads.js';
+import type { ApiClient } from '../client/http.js';
+import { collectInventory } from './upload-command.js';
 import { describeDestination, type CapturePlan } from './capture-plan.js';
 
 /** What the wizard's progress page (or the plain progress view) is told. */
@@ -36,7 +41,7 @@ export interface CaptureHooks {
 }
 
 export interface StageProgress {
-  stage: 'checking' | 'capturing' | 'copying' | 'cleaning';
+  stage: 'checking' | 'capturing' | 'copying' | 'uploading' | 'cleaning';
   filesDone?: number;
   filesTotal?: number;
   bytesDone?: number;
@@ -53,6 +58,9 @@ export interface CaptureExtras {
   oneFileSystem?: boolean;
   /** Where temporary stores go (default: the OS's temporary folder). */
   tmpDir?: string;
+  /** The server destination: a client of the server (the token checked), and the local cache store. */
+  connectServer?: (url: string, token: string | undefined) => Promise<ApiClient>;
+  cacheStore?: string;
 }
 
 export interface CaptureOutcome {
@@ -67,6 +75,8 @@ export interface CaptureOutcome {
   storedBytes: number;
   /** Files and bytes copied to the share (only what it lacked). */
   copied?: { files: number; bytes: number };
+  /** Chunks and bytes sent to the server (only what its library lacked). */
+  uploaded?: { chunks: number; bytes: number; resumed: boolean };
 }
 
 /**
@@ -327,18 +337,63 @@ export function captureCacheStore(env: Record<string, string | undefined>): stri
 }
 
 async function captureToServer(
-  _plan: CapturePlan,
+  plan: CapturePlan,
   d: Extract<CapturePlan['destination'], { kind: 'server' }>,
-  _token: string | undefined,
-  _hooks: CaptureHooks,
-  _extras: CaptureExtras,
+  token: string | undefined,
+  hooks: CaptureHooks,
+  extras: CaptureExtras,
 ): Promise<CaptureOutcome> {
-  // ---- server library destination -------------------------------------------------------
-  // Capture into captureCacheStore() and hand the image to uploadImage() (the upload to the
-  // server's library, built separately). Until that lands, this destination is refused
-  // before anything is read or written.
-  throw new ReimageError(
-    'DESTINATION_UNAVAILABLE',
-    `capturing into a server library (${d.url}) is not available yet: capture to a folder or share, then upload it`,
-  );
+  if (!extras.connectServer || !extras.cacheStore)
+    throw new ReimageError(
+      'DESTINATION_UNAVAILABLE',
+      `capturing into a server library (${d.url}) needs a server connection here`,
+    );
+  // Connected (and the token and certificate checked) before the capture, not after.
+  hooks.onStage?.({ stage: 'checking' });
+  const api = await extras.connectServer(d.url, token);
+  try {
+    await api.request('GET', '/api/v1/whoami', hooks.signal ? { signal: hooks.signal } : {});
+    // The cache store is kept: the next capture reads and sends only what changed.
+    mkdirSync(dirname(extras.cacheStore), { recursive: true, mode: 0o700 });
+    const store = ContentStore.open(extras.cacheStore, { create: true });
+    const lib = new ImageLibrary(store);
+    const before = lib.getName(plan.name);
+    hooks.onStage?.({ stage: 'capturing' });
+    const res = await captureImage(captureOptions(plan, store, hooks, extras));
+    try {
+      const up = await uploadImage({
+        store,
+        imageId: res.record.id,
+        name: plan.name,
+        server: new UploadClient(api),
+        inventory: collectInventory(),
+        signal: hooks.signal,
+        onProgress: (p) =>
+          hooks.onStage?.({
+            stage: 'uploading',
+            filesDone: p.chunksSent,
+            filesTotal: p.chunksMissing,
+            bytesDone: p.bytesSent,
+            bytesTotal: p.bytesToSend,
+          }),
+      });
+      return {
+        record: res.record,
+        created: res.created,
+        reused: res.reused,
+        warnings: res.warnings,
+        where: `server library ${d.url} (registered in the catalog)`,
+        storedBytes: res.record.stats.storedBytes,
+        uploaded: { chunks: up.chunksSent, bytes: up.bytesSent, resumed: up.resumed },
+      };
+    } catch (e) {
+      // Not uploaded: the cache's name goes back to what it was (its chunks stay as cache).
+      if (before) lib.setName(plan.name, before.id);
+      else lib.deleteName(plan.name);
+      if (res.created && lib.namesOf(res.record.id).length === 0) lib.deleteImage(res.record.id);
+      throw e;
+    }
+  } finally {
+    api.close();
+  }
 }

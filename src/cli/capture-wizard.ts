@@ -200,10 +200,12 @@ class Wizard {
         this.ctx,
       ).then((p) => (p === '' && this.secret ? this.secret : p));
     } else if (dest.kind === 'server') {
-      this.secret = await password(
-        { message: 'Admin token for the server (Enter keeps REIMAGE_TOKEN):', mask: '*' },
-        this.ctx,
-      ).then((p) => p || this.io.env.REIMAGE_TOKEN || this.secret);
+      // Empty: the token of REIMAGE_TOKEN or `reimage login`.
+      this.secret =
+        (await password(
+          { message: 'API token for the server (Enter: REIMAGE_TOKEN or the login):', mask: '*' },
+          this.ctx,
+        )) || undefined;
     }
   }
 
@@ -344,6 +346,10 @@ class Wizard {
         lines.push(
           `  copying to the share: ${stage.filesDone}/${stage.filesTotal} files, ${formatBytes(stage.bytesDone ?? 0)} of ${formatBytes(stage.bytesTotal ?? 0)}`,
         );
+      else if (stage.stage === 'uploading')
+        lines.push(
+          `  uploading to the server: ${stage.filesDone} of ${stage.filesTotal} missing chunks, ${formatBytes(stage.bytesDone ?? 0)} of ~${formatBytes(stage.bytesTotal ?? 0)}`,
+        );
       else if (stage.stage === 'cleaning') lines.push('  removing what was copied…');
       else {
         const p = latest;
@@ -439,6 +445,11 @@ class Wizard {
       `  stored in:    ${res.where}`,
       ...(res.copied
         ? [`  copied:       ${res.copied.files} files, ${formatBytes(res.copied.bytes)}`]
+        : []),
+      ...(res.uploaded
+        ? [
+            `  uploaded:     ${res.uploaded.chunks} chunks, ${formatBytes(res.uploaded.bytes)}${res.uploaded.resumed ? ' (resumed)' : ''}`,
+          ]
         : []),
       ...(res.warnings.length ? [`  warnings:     ${res.warnings.length}`] : []),
     ]);
