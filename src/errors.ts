@@ -226,6 +226,14 @@ export const errorCodes = {
     exit: 1,
     help: 'Network shares are reached with `smbclient`, which is not installed here: `apt-get install smbclient`.',
   },
+  SHARE_IO_FAILED: {
+    exit: 1,
+    help: 'Copying an image to the network share failed (no space left, no permission, the connection dropped); the message names the file and the SMB error. What this capture had copied was removed again; the share holds no partial image.',
+  },
+  DESTINATION_UNAVAILABLE: {
+    exit: 1,
+    help: 'This reimage cannot capture into that kind of destination yet (the message says which). Capture to a folder or an SMB share instead.',
+  },
   DP_UNREACHABLE: {
     exit: 1,
     help: 'A distribution point did not answer (or kept failing) for longer than the retry window. Check its address and the network; the fetch resumes where it stopped when run again.',

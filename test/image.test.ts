@@ -314,10 +314,8 @@ describe('cancel and failure', () => {
     assert.ok(sent, 'the capture reached its data phase');
     if (code === 0) return; // finished before the signal landed: nothing to check (rare)
     assert.equal(code, 130, err);
-    assert.equal(reimage(['image', 'list', '--store', storePath, '--json']).json.images.length, 0);
-    assert.deepEqual(readdirSync(join(storePath, 'tmp')), []);
-    assert.deepEqual(readdirSync(join(storePath, 'locks')), []);
-    assert.deepEqual(readdirSync(join(storePath, 'packs')), []);
+    // The store this capture created is removed again: nothing is left behind.
+    assert.equal(existsSync(storePath), false);
   });
 
   test(

@@ -1,9 +1,8 @@
-import { Command, Option, CommanderError } from 'commander';
+import { Command, CommanderError } from 'commander';
 import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { ReimageError, errorCodes, isReimageError } from '../errors.js';
-import { ContentStore } from '../content/store.js';
-import { captureImage, setProperties } from '../image/capture.js';
+import { setProperties } from '../image/capture.js';
 import { applyImage } from '../image/apply.js';
 import { applyOpaque, exportImage, importFile } from '../image/convert.js';
 import { loadFormats } from '../image/formats/registry.js';
@@ -14,12 +13,24 @@ import {
   ImageLibrary,
   checkSignature,
   keyIdOf,
-  loadPrivateKey,
-  loadPublicKey,
   signRecord,
   type ImageRecord,
 } from '../image/library.js';
-import { formatBytes, progressView, type ProgressMode } from './output.js';
+import { formatBytes, progressView } from './output.js';
+import { registerCaptureCommand } from './capture-command.js';
+import {
+  FORMAT_PLUGIN_OPTION,
+  cancellable,
+  collect,
+  openStore,
+  out,
+  parseProperties,
+  pluginPaths,
+  readKeyFile,
+  summary,
+  withCommon,
+  type Common,
+} from './common.js';
 import {
   registerAdminCommands,
   remoteFor,
@@ -39,122 +50,6 @@ import { registerUploadCommand } from './upload-command.js';
  * The `reimage` command: `reimage <noun> <verb>`. Only this entry point reads flags and the
  * environment (REIMAGE_STORE); everything below receives its dependencies explicitly.
  */
-interface Common {
-  json?: boolean;
-  progress?: ProgressMode;
-  store?: string;
-}
-
-function out(opts: Common, doc: unknown, text: () => string | string[]): void {
-  if (opts.json) {
-    process.stdout.write(JSON.stringify(doc, null, 2) + '\n');
-  } else {
-    const t = text();
-    process.stdout.write((Array.isArray(t) ? t.join('\n') : t) + '\n');
-  }
-}
-
-function openStore(opts: Common, create = false): ContentStore {
-  const path = opts.store ?? process.env.REIMAGE_STORE;
-  if (!path)
-    throw new ReimageError(
-      'USAGE',
-      'no content store given: pass --store PATH or set REIMAGE_STORE',
-    );
-  return ContentStore.open(path, { create });
-}
-
-function readKeyFile(file: string, kind: 'private' | 'public') {
-  let pem: Buffer;
-  try {
-    pem = readFileSync(file);
-  } catch (e) {
-    throw new ReimageError('KEY_INVALID', `cannot read key file ${file}: ${(e as Error).message}`, {
-      cause: e,
-    });
-  }
-  return kind === 'private' ? loadPrivateKey(pem, file) : loadPublicKey(pem, file);
-}
-
-/** The option every command that reads or writes third-party formats takes. */
-const FORMAT_PLUGIN_OPTION = [
-  '--format-plugin <path>',
-  'load an image-format plugin (module path); repeatable',
-  collect,
-] as const;
-
-/** --format-plugin flags, else REIMAGE_FORMAT_PLUGINS (colon-separated). */
-function pluginPaths(o: { formatPlugin?: string[] }): string[] {
-  if (o.formatPlugin?.length) return o.formatPlugin;
-  return (process.env.REIMAGE_FORMAT_PLUGINS ?? '').split(':').filter(Boolean);
-}
-
-function collect(v: string, prev: string[] = []): string[] {
-  return [...prev, v];
-}
-
-function parseProperties(list: string[] = []): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const kv of list) {
-    const i = kv.indexOf('=');
-    if (i <= 0)
-      throw new ReimageError(
-        'INVALID_ARGUMENT',
-        `--property ${JSON.stringify(kv)} is not KEY=VALUE`,
-      );
-    out[kv.slice(0, i)] = kv.slice(i + 1);
-  }
-  return out;
-}
-
-function cancellable(): { signal: AbortSignal; done: () => void } {
-  const ac = new AbortController();
-  const onInt = () => {
-    process.stderr.write('\ncancelling…\n');
-    ac.abort();
-  };
-  process.on('SIGINT', onInt);
-  process.on('SIGTERM', onInt);
-  return {
-    signal: ac.signal,
-    done: () => {
-      process.off('SIGINT', onInt);
-      process.off('SIGTERM', onInt);
-    },
-  };
-}
-
-function withCommon(cmd: Command, store = true): Command {
-  cmd.option('--json', 'print one JSON document at the end');
-  cmd.addOption(
-    new Option('--progress <mode>', 'progress display')
-      .choices(['auto', 'bar', 'plain', 'json', 'none'])
-      .default('auto'),
-  );
-  if (store) cmd.option('--store <path>', 'content store (default: $REIMAGE_STORE)');
-  return cmd;
-}
-
-function summary(rec: ImageRecord, names: string[]): string[] {
-  const p = rec.properties;
-  const s = rec.stats;
-  const dedup = s.dataBytes > 0 ? (s.dataBytes / Math.max(1, s.uniqueBytes)).toFixed(2) : '1.00';
-  const lines = [
-    `id:           ${rec.id}`,
-    `names:        ${names.join(', ') || '(none; reachable by id)'}`,
-    `description:  ${p.description ?? ''}`,
-    `os:           ${[p.osFamily, p.osVersion, p.architecture].filter(Boolean).join(' ')}`,
-    `created:      ${p.created} on ${p.sourceMachine ?? '?'}`,
-    `entries:      ${s.entries} (${s.files} files, ${s.dirs} dirs, ${s.symlinks} symlinks, ${s.hardlinks} hard links, ${s.devices} devices, ${s.fifos} fifos)`,
-    `bytes:        ${formatBytes(s.bytes)} (${formatBytes(s.dataBytes)} of data)`,
-    `chunks:       ${s.chunks} (${s.uniqueChunks} unique, ${formatBytes(s.uniqueBytes)}; dedup ${dedup}x)`,
-    `packs:        ${rec.packs.length}`,
-    `signed:       ${rec.signature ? `ed25519 key ${rec.signature.keyId}` : 'no'}`,
-  ];
-  if (rec.parent) lines.push(`parent:       ${rec.parent}`);
-  for (const [k, v] of Object.entries(p.custom)) lines.push(`property:     ${k}=${v}`);
-  return lines;
-}
 
 export function buildProgram(): Command {
   const program = new Command('reimage')
@@ -170,80 +65,7 @@ export function buildProgram(): Command {
 
   const image = program.command('image').description('capture, inspect, apply and verify images');
 
-  withCommon(
-    image
-      .command('capture')
-      .argument('<source>', 'root of the tree to capture')
-      .requiredOption(
-        '--name <name>',
-        'image name (unique in the store; a new capture keeps the older one by id)',
-      )
-      .option('--description <text>', 'description')
-      .option(
-        '--property <key=value>',
-        'property (os, version, arch, or any key); repeatable',
-        collect,
-      )
-      .option(
-        '--exclude <pattern>',
-        'glob to leave out (/-anchored at the root, else any depth); repeatable',
-        collect,
-      )
-      .option(
-        '--system',
-        'capturing a live system: leave out /proc, /sys, /dev, /run, /tmp contents; one filesystem',
-      )
-      .option('--one-file-system', 'do not descend into other filesystems')
-      .option('--skip-unreadable', 'leave out unreadable files with a warning instead of failing')
-      .option(
-        '--parent <image>',
-        'earlier capture of this tree: files unchanged since (size, mtime, inode, ctime) are not read again',
-      )
-      .option('--sign-key <file>', 'ed25519 private key (PEM) to sign the image with')
-      .option(
-        '--source-machine <name>',
-        'source machine recorded in the properties (default: this host)',
-      )
-      .option('--workers <n>', 'worker threads (default: one per core)', (v) => parseInt(v, 10)),
-  ).action(async (source: string, o: Common & Record<string, unknown>) => {
-    const store = openStore(o, true); // the first capture or import creates the store
-    const view = progressView(o.progress ?? 'auto', !!o.json);
-    const c = cancellable();
-    try {
-      const res = await captureImage({
-        source,
-        store,
-        name: o.name as string,
-        description: o.description as string | undefined,
-        properties: parseProperties(o.property as string[] | undefined),
-        excludes: (o.exclude as string[] | undefined) ?? [],
-        system: !!o.system,
-        oneFileSystem: o.oneFileSystem ? true : undefined,
-        skipUnreadable: !!o.skipUnreadable,
-        parent: o.parent as string | undefined,
-        signKey: o.signKey ? readKeyFile(o.signKey as string, 'private') : undefined,
-        sourceMachine: o.sourceMachine as string | undefined,
-        workers: o.workers as number | undefined,
-        signal: c.signal,
-        onProgress: view.onProgress,
-        onWarning: view.onWarning,
-      });
-      view.stop();
-      out(
-        o,
-        { image: res.record, created: res.created, reused: res.reused, warnings: res.warnings },
-        () => [
-          ...summary(res.record, [o.name as string]),
-          `stored:       ${formatBytes(res.record.stats.storedBytes)} new in the store${res.created ? '' : ' (identical tree was already there)'}`,
-          ...(res.warnings.length ? [`warnings:     ${res.warnings.length}`] : []),
-          res.record.id,
-        ],
-      );
-    } finally {
-      view.stop();
-      c.done();
-    }
-  });
+  registerCaptureCommand(image, { env: process.env });
 
   withConnection(
     withCommon(

@@ -24,7 +24,12 @@ import { ProgressMeter, type Progress, type Warning } from './progress.js';
 import type { CaptureWorkerData, FileTask, FromWorker } from './capture-worker.js';
 import { BatchQueue, runPool } from './pool.js';
 
-/** Excluded with `--system`: the contents of pseudo and volatile filesystems of a live system. */
+/**
+ * Excluded with `--system`: the contents of pseudo and volatile filesystems of a live system,
+ * package caches (downloaded again when needed) and the reimage client's own state (its
+ * identity, caches and state stores belong to this machine, not to an image of it).
+ * docs/capture.md lists them.
+ */
 export const SYSTEM_EXCLUDES = [
   '/proc/*',
   '/sys/*',
@@ -35,6 +40,22 @@ export const SYSTEM_EXCLUDES = [
   '/mnt/*',
   '/media/*',
   '/lost+found/*',
+  // package caches
+  '/var/cache/apt/archives/*.deb',
+  '/var/cache/apt/archives/partial/*',
+  '/var/cache/apt/*.bin',
+  '/var/cache/dnf/*',
+  '/var/cache/yum/*',
+  '/var/cache/zypp/packages/*',
+  '/root/.cache/pip/*',
+  '/root/.npm/_cacache/*',
+  // the reimage client's state and caches
+  '/var/lib/reimage/*',
+  '/var/cache/reimage/*',
+  '/root/.cache/reimage/*',
+  '/etc/reimage/client.json',
+  '/etc/reimage/credential',
+  '/etc/reimage/policy-cache.json',
 ];
 
 export interface CaptureOptions {
@@ -46,6 +67,11 @@ export interface CaptureOptions {
   properties?: Record<string, string>;
   sourceMachine?: string;
   excludes?: string[];
+  /**
+   * Regular files captured as empty (their content is not read; owner, mode and mtime are
+   * kept): globs like `excludes`. Generalization empties /etc/machine-id and logs this way.
+   */
+  emptyFiles?: string[];
   system?: boolean;
   /** Do not descend into other filesystems (default: true with `system`). */
   oneFileSystem?: boolean;
@@ -54,6 +80,13 @@ export interface CaptureOptions {
   parent?: string;
   signKey?: KeyObject;
   signal?: AbortSignal;
+  /** Reads at most this many bytes per second (roughly), so a live machine stays usable. */
+  readRate?: number;
+  /**
+   * Awaited after all data is read and before the image is committed: a user interface that
+   * is asking "cancel?" holds the commit until it has the answer (then `signal` decides).
+   */
+  beforeCommit?: () => Promise<void>;
   onProgress?: (p: Progress) => void;
   onWarning?: (w: Warning) => void;
   workers?: number;
@@ -132,9 +165,29 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
     };
     let pending: FileTask[] = [];
     let pendingBytes = 0;
+    // With a read rate the walk still runs ahead (so the totals, and the time left, cover the
+    // tree) while files are handed to the workers no faster than the rate.
+    const backlog: FileTask[] = [];
+    let released = 0;
+    let handed = 0;
+    const rateStart = Date.now();
+    const release = () => {
+      const allowed = (opts.readRate! * (Date.now() - rateStart)) / 1000;
+      while (released < backlog.length && handed <= allowed) {
+        const t = backlog[released]!;
+        backlog[released++] = undefined as unknown as FileTask; // let it go
+        handed += t.size;
+        startPool();
+        queue.push([t]);
+      }
+    };
     try {
       while (!walker.done) {
         walker.step(512, (t) => {
+          if (opts.readRate) {
+            backlog.push(t);
+            return;
+          }
           // A big file alone would keep one worker busy after the others run dry: start it early.
           startPool();
           if (t.size >= BIG_FILE) return queue.pushFront([t]);
@@ -148,8 +201,16 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
         });
         checkAborted(opts.signal);
         if (poolFailure) throw poolFailure.e;
+        if (opts.readRate) release();
         meter.tick();
         await new Promise<void>((r) => setImmediate(r));
+      }
+      while (released < backlog.length) {
+        checkAborted(opts.signal);
+        if (poolFailure) throw poolFailure.e;
+        release();
+        meter.tick();
+        await new Promise((r) => setTimeout(r, 50));
       }
       if (pending.length) queue.push(pending);
       queue.close();
@@ -159,6 +220,8 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
       throw e;
     }
     const failed = pool ? await pool : new Map<number, string>();
+    checkAborted(opts.signal);
+    await opts.beforeCommit?.();
     checkAborted(opts.signal);
     const entries = walker.entries;
     const statFacts = walker.stats;
@@ -259,6 +322,7 @@ class Walker {
   private readonly stack: DirCursor[] = [];
   private readonly links = new Map<string, Buffer>();
   private readonly patterns: Minimatch[];
+  private readonly emptied: Minimatch[];
   private readonly storeRel: string | undefined;
   private readonly oneFs: boolean;
   private readonly root: Buffer;
@@ -273,14 +337,14 @@ class Walker {
     private readonly parent: { files: Map<string, ParentFile> } | undefined,
     private readonly meter: ProgressMeter,
   ) {
-    this.patterns = [...(opts.system ? SYSTEM_EXCLUDES : []), ...(opts.excludes ?? [])].map(
-      (p) =>
-        new Minimatch(p.startsWith('/') ? p : `**/${p}`, {
-          dot: true,
-          nocomment: true,
-          nonegate: true,
-        }),
-    );
+    const glob = (p: string) =>
+      new Minimatch(p.startsWith('/') ? p : `**/${p}`, {
+        dot: true,
+        nocomment: true,
+        nonegate: true,
+      });
+    this.patterns = [...(opts.system ? SYSTEM_EXCLUDES : []), ...(opts.excludes ?? [])].map(glob);
+    this.emptied = (opts.emptyFiles ?? []).map(glob);
     // Never capture the store into itself.
     try {
       const r = relative(realpathSync(source), realpathSync(storeRoot));
@@ -378,6 +442,10 @@ class Walker {
         this.links.set(key, rel);
       }
       e.size = Number(st.size);
+      if (this.emptied.length && e.size > 0) {
+        const p = '/' + rel.toString('utf8');
+        if (this.emptied.some((m) => m.match(p))) e.size = 0;
+      }
     } else if (fmt === S_IFDIR) {
       e.type = 'dir';
     } else if (fmt === S_IFLNK) {
