@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { isReimageError, ReimageError } from '../errors.js';
-import { dirRemote, httpRemote } from '../content/remote.js';
+import { openRemote } from '../content/remote.js';
 import type { RemoteStore } from '../content/remote.js';
 import { ContentStore } from '../content/store.js';
 import { applyImage } from '../image/apply.js';
@@ -306,7 +306,7 @@ class Engine {
   }
 
   private sources(): RemoteStore[] {
-    return this.plan.sources.map((s) => (/^https?:\/\//i.test(s) ? httpRemote(s) : dirRemote(s)));
+    return this.plan.sources.map((s) => openRemote(s));
   }
 
   private staging(): ContentStore {

@@ -1,6 +1,7 @@
 import {
   closeSync,
   fsyncSync,
+  ftruncateSync,
   mkdirSync,
   openSync,
   readFileSync,
@@ -45,5 +46,75 @@ export function readJsonFile<T>(path: string): T | undefined {
     return JSON.parse(text) as T;
   } catch {
     throw new ReimageError('AGENT_STATE_INVALID', `${path} is not valid JSON.`);
+  }
+}
+
+/**
+ * An append-only file of JSON lines, each flushed to the disk before `append` returns. A crash
+ * can leave a torn last line: on opening, only lines ended by a newline count, and the first
+ * one that `parse` refuses ends the log (it and what follows are cut off).
+ */
+export class AppendLog<T> {
+  /** What the file held when it was opened. */
+  readonly initial: T[] = [];
+  private fd: number;
+
+  constructor(
+    readonly path: string,
+    parse: (line: string) => T | undefined,
+  ) {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    let text = '';
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    let good = 0;
+    const complete = text.slice(0, text.lastIndexOf('\n') + 1);
+    for (const line of complete.split('\n').slice(0, -1)) {
+      const v = parse(line);
+      if (v === undefined) break;
+      this.initial.push(v);
+      good += Buffer.byteLength(line) + 1;
+    }
+    this.fd = openSync(path, 'a+', 0o600);
+    if (good < Buffer.byteLength(text)) {
+      ftruncateSync(this.fd, good);
+      fsyncSync(this.fd);
+    }
+  }
+
+  append(value: T): void {
+    const line = Buffer.from(`${JSON.stringify(value)}\n`);
+    let off = 0;
+    while (off < line.length) off += writeSync(this.fd, line, off);
+    fsyncSync(this.fd);
+  }
+
+  /** Replaces the whole file (atomically) with these values. */
+  rewrite(values: T[]): void {
+    writeFileAtomic(this.path, values.map((v) => `${JSON.stringify(v)}\n`).join(''));
+    closeSync(this.fd);
+    this.fd = openSync(this.path, 'a+', 0o600);
+  }
+
+  /** Closes the file; closing again does nothing. */
+  close(): void {
+    if (this.fd < 0) return;
+    closeSync(this.fd);
+    this.fd = -1;
+  }
+}
+
+/** A JSON object from one line, or undefined when the line is not one. */
+export function parseJsonObject(line: string): Record<string, unknown> | undefined {
+  try {
+    const v: unknown = JSON.parse(line);
+    return typeof v === 'object' && v !== null && !Array.isArray(v)
+      ? (v as Record<string, unknown>)
+      : undefined;
+  } catch {
+    return undefined;
   }
 }

@@ -1,13 +1,5 @@
-import {
-  closeSync,
-  fsyncSync,
-  ftruncateSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  writeSync,
-} from 'node:fs';
 import { join } from 'node:path';
+import { AppendLog, parseJsonObject } from './files.js';
 
 /**
  * The deployment journal (docs/adr/0003-agent-and-lab.md): an append-only file, flushed to
@@ -33,33 +25,14 @@ const FILE = 'journal.jsonl';
 export class Journal {
   private readonly records: JournalRecord[] = [];
   private readonly doneData = new Map<string, unknown>();
-  private fd: number;
+  private readonly log: AppendLog<JournalRecord>;
 
   constructor(
     readonly dir: string,
     private readonly now: () => Date = () => new Date(),
   ) {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const path = join(dir, FILE);
-    let text = '';
-    try {
-      text = readFileSync(path, 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-    let good = 0;
-    const complete = text.slice(0, text.lastIndexOf('\n') + 1);
-    for (const line of complete.split('\n').slice(0, -1)) {
-      const r = parseRecord(line);
-      if (!r) break; // torn by a crash: what follows is cut off
-      this.apply(r);
-      good += Buffer.byteLength(line) + 1;
-    }
-    this.fd = openSync(path, 'a+', 0o600);
-    if (good < Buffer.byteLength(text)) {
-      ftruncateSync(this.fd, good);
-      fsyncSync(this.fd);
-    }
+    this.log = new AppendLog(join(dir, FILE), parseRecord);
+    for (const r of this.log.initial) this.apply(r);
   }
 
   private apply(r: JournalRecord): void {
@@ -68,10 +41,7 @@ export class Journal {
   }
 
   private append(r: JournalRecord): void {
-    const line = Buffer.from(`${JSON.stringify(r)}\n`);
-    let off = 0;
-    while (off < line.length) off += writeSync(this.fd, line, off);
-    fsyncSync(this.fd);
+    this.log.append(r);
     this.apply(r);
   }
 
@@ -138,24 +108,14 @@ export class Journal {
     }
   }
 
-  /** Closes the file; closing again does nothing. */
   close(): void {
-    if (this.fd < 0) return;
-    closeSync(this.fd);
-    this.fd = -1;
+    this.log.close();
   }
 }
 
 function parseRecord(line: string): JournalRecord | undefined {
-  let v: unknown;
-  try {
-    v = JSON.parse(line);
-  } catch {
-    return undefined;
-  }
-  if (typeof v !== 'object' || v === null) return undefined;
-  const r = v as Partial<JournalRecord>;
-  if (typeof r.step !== 'string' || typeof r.t !== 'string') return undefined;
+  const r = parseJsonObject(line) as Partial<JournalRecord> | undefined;
+  if (!r || typeof r.step !== 'string' || typeof r.t !== 'string') return undefined;
   if (r.event !== 'begin' && r.event !== 'done' && r.event !== 'failed') return undefined;
   return r as JournalRecord;
 }

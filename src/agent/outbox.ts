@@ -1,14 +1,6 @@
-import {
-  closeSync,
-  fsyncSync,
-  ftruncateSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  writeSync,
-} from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeFileAtomic } from './files.js';
+import { AppendLog, parseJsonObject, writeFileAtomic } from './files.js';
 
 /**
  * The persistent status outbox (docs/adr/0003-agent-and-lab.md): every status message is
@@ -51,33 +43,13 @@ export class Outbox {
   private readonly byKey = new Map<string, number>();
   private nextSeq = 1;
   private acked = 0;
-  private fd: number;
+  private readonly log: AppendLog<OutboxEntry>;
 
   /** Opens (creating) the outbox folder `dir`; a torn last line from a crash is cut off. */
   constructor(private readonly dir: string) {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const path = join(dir, LOG);
-    let text = '';
-    try {
-      text = readFileSync(path, 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-    // A crash can leave a torn last line: only lines ended by a newline count, and the
-    // first one that does not parse ends the log (what follows it is cut off as well).
-    let good = 0;
-    const complete = text.slice(0, text.lastIndexOf('\n') + 1);
-    for (const line of complete.split('\n').slice(0, -1)) {
-      const entry = parseEntry(line);
-      if (!entry) break;
-      this.remember(entry);
-      good += Buffer.byteLength(line) + 1;
-    }
-    this.fd = openSync(path, 'a+', 0o600);
-    if (good < Buffer.byteLength(text)) {
-      ftruncateSync(this.fd, good);
-      fsyncSync(this.fd);
-    }
+    this.log = new AppendLog(join(dir, LOG), parseEntry);
+    for (const e of this.log.initial) this.remember(e);
     try {
       const n = Number(readFileSync(join(dir, ACKED), 'utf8').trim());
       if (Number.isSafeInteger(n) && n >= 0) this.acked = n;
@@ -102,10 +74,7 @@ export class Outbox {
       if (seen !== undefined) return seen;
     }
     const entry: OutboxEntry = { seq: this.nextSeq, ...(key !== undefined ? { key } : {}), ...msg };
-    const line = Buffer.from(`${JSON.stringify(entry)}\n`);
-    let off = 0;
-    while (off < line.length) off += writeSync(this.fd, line, off);
-    fsyncSync(this.fd);
+    this.log.append(entry);
     this.remember(entry);
     return entry.seq;
   }
@@ -192,9 +161,7 @@ export class Outbox {
     const last = this.entries[this.entries.length - 1];
     // The newest message stays so that the next seq survives a restart.
     if (last && !keep.includes(last)) keep.unshift(last);
-    writeFileAtomic(join(this.dir, LOG), keep.map((e) => `${JSON.stringify(e)}\n`).join(''));
-    closeSync(this.fd);
-    this.fd = openSync(join(this.dir, LOG), 'a+', 0o600);
+    this.log.rewrite(keep);
     this.entries.length = 0;
     this.byKey.clear();
     for (const e of keep) this.remember(e);
@@ -202,22 +169,13 @@ export class Outbox {
 
   /** Closes the file; closing again does nothing. */
   close(): void {
-    if (this.fd < 0) return;
-    closeSync(this.fd);
-    this.fd = -1;
+    this.log.close();
   }
 }
 
 function parseEntry(line: string): OutboxEntry | undefined {
-  let v: unknown;
-  try {
-    v = JSON.parse(line);
-  } catch {
-    return undefined;
-  }
-  if (typeof v !== 'object' || v === null) return undefined;
-  const e = v as Partial<OutboxEntry>;
-  if (!Number.isSafeInteger(e.seq) || (e.seq as number) < 1) return undefined;
+  const e = parseJsonObject(line) as Partial<OutboxEntry> | undefined;
+  if (!e || !Number.isSafeInteger(e.seq) || (e.seq as number) < 1) return undefined;
   if (!Number.isSafeInteger(e.id) || typeof e.time !== 'string') return undefined;
   return e as OutboxEntry;
 }

@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { statSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { ReimageError } from '../errors.js';
-import { dirRemote, httpRemote, TokenBucket, type RemoteStore } from '../content/remote.js';
+import { openRemote, TokenBucket, type RemoteStore } from '../content/remote.js';
 import { ContentStore } from '../content/store.js';
 import { fetchImageSeeded, resolveImageRef } from '../image/fetch.js';
 import { formatBytes } from './output.js';
@@ -41,16 +41,9 @@ function requireDir(path: string, flag: string): void {
 }
 
 /** A DP given on the command line: a folder, a file:// URL or an http(s):// URL. */
-export function sourceFor(src: string, bucket: TokenBucket | undefined): RemoteStore {
-  if (/^https?:\/\//i.test(src)) return httpRemote(src, bucket ? { bucket } : {});
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(src) && !src.startsWith('file://')) {
-    throw new ReimageError(
-      'INVALID_ARGUMENT',
-      `--from ${src}: only folders, file:// and http(s):// distribution points can be read`,
-    );
-  }
-  const remote = dirRemote(src);
-  requireDir(remote.name.slice('file://'.length), '--from');
+function sourceFor(src: string, bucket: TokenBucket | undefined): RemoteStore {
+  const remote = openRemote(src, bucket ? { bucket } : {});
+  if (remote.name.startsWith('file://')) requireDir(remote.name.slice('file://'.length), '--from');
   return remote;
 }
 

@@ -55,6 +55,20 @@ function cancelled(signal: AbortSignal | undefined): void {
   }
 }
 
+/**
+ * A DP from its location as an administrator writes it: `http(s)://…` (a static web server),
+ * `file://…` or a plain path (a local or mounted folder). Other schemes are refused.
+ */
+export function openRemote(location: string, opts: HttpRemoteOptions = {}): RemoteStore {
+  if (/^https?:\/\//i.test(location)) return httpRemote(location, opts);
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(location) && !location.startsWith('file://'))
+    throw new ReimageError(
+      'INVALID_ARGUMENT',
+      `${location}: only folders, file:// and http(s):// distribution points can be read`,
+    );
+  return dirRemote(location);
+}
+
 /** A DP that is a local or mounted folder, given as a path or a `file://` URL. */
 export function dirRemote(dir: string): RemoteStore {
   const root = resolve(dir.startsWith('file:') ? fileURLToPath(dir) : dir);
