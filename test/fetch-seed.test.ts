@@ -394,6 +394,15 @@ describe('seeding from renamed old files', () => {
       writeFileSync(join(newRoot, 'usr/lib/python3.13/os.py'), py);
       writeFileSync(join(oldRoot, 'var/lists/deb_bookworm_main_Packages'), list);
       writeFileSync(join(newRoot, 'var/lists/deb_trixie_main_Packages'), list);
+      // A folder that gained a suffix (Debian's t64 transition), an extension that changed.
+      const doc = randomData('rename-doc', 96 * 1024);
+      const key = randomData('rename-key', 80 * 1024);
+      mkdirSync(join(oldRoot, 'usr/share/doc/libdemo8'), { recursive: true });
+      mkdirSync(join(newRoot, 'usr/share/doc/libdemo8t64'), { recursive: true });
+      writeFileSync(join(oldRoot, 'usr/share/doc/libdemo8/README'), doc);
+      writeFileSync(join(newRoot, 'usr/share/doc/libdemo8t64/README'), doc);
+      writeFileSync(join(oldRoot, 'usr/share/doc/debian-archive-keyring.gpg'), key);
+      writeFileSync(join(newRoot, 'usr/share/doc/debian-archive-keyring.pgp'), key);
       // Unrelated: other names, never read.
       const unrelated = 2 * 1024 * 1024;
       writeFileSync(join(oldRoot, 'other/unrelated.bin'), randomData('rename-u', unrelated));
@@ -403,6 +412,11 @@ describe('seeding from renamed old files', () => {
         randomData('c', 4096),
       );
       writeFileSync(join(newRoot, 'other/new.bin'), randomData('rename-new', 64 * 1024));
+      mkdirSync(join(oldRoot, 'usr/share/doc/other'));
+      writeFileSync(
+        join(oldRoot, 'usr/share/doc/other/README'),
+        randomData('rename-o2', unrelated),
+      );
       symlinkSync(join(oldRoot, 'other'), join(oldRoot, 'usr/lib/python3.12'));
 
       const dp = ContentStore.open(join(dir, 'dp'), { create: true });
@@ -411,12 +425,12 @@ describe('seeding from renamed old files', () => {
       const into = ContentStore.open(join(dir, 'machine'), { create: true });
       const r = await seedStore({ into, manifest, root: oldRoot });
       console.log('renamed seeding:', JSON.stringify(r));
-      assert.equal(r.filesReadRenamed, 3, 'libdemo.so.1.2.3, python3.11/os.py, the bookworm list');
+      assert.equal(r.filesReadRenamed, 5, 'libdemo.so, os.py, the list, README, the keyring');
       assert.ok(r.chunksFromRenamed > 0);
       // os-release was read at its path too, but changed: nothing from it.
       assert.equal(r.chunksFromFiles, r.chunksFromRenamed);
-      // Read: os-release (its chunks, at its path) and the three renamed files; nothing of the unrelated 4 MiB nor the contrib list.
-      const expected = lib.length + list.length + py.length;
+      // Read: os-release (its chunks, at its path) and the five renamed files; nothing of the unrelated 6 MiB nor the contrib list.
+      const expected = lib.length + list.length + py.length + doc.length + key.length;
       assert.ok(r.bytesRead < expected + 1024, `read ${r.bytesRead} B, expected ~${expected}`);
       assert.ok(r.bytesRead >= expected);
       // What is left to fetch: libdemo's changed chunk(s) and new.bin.

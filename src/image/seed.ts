@@ -289,10 +289,10 @@ class Seeder {
       const rel = e.path.toString('latin1');
       const slash = rel.lastIndexOf('/');
       const dirs = await names.dirs(slash < 0 ? '' : rel.slice(0, slash));
-      const found: Array<{ path: string; exact: boolean; size: number }> = [];
+      const found: Array<{ path: string; far: number; size: number }> = [];
       const name = rel.slice(slash + 1);
       for (const d of dirs) {
-        for (const n of await names.match(d, name, 'file')) {
+        for (const { name: n, far } of await names.match(d, name, 'file')) {
           const path = d === '' ? n : `${d}/${n}`;
           if (path === rel || read.has(path) || found.some((f) => f.path === path)) continue;
           let size: number;
@@ -305,14 +305,10 @@ class Seeder {
           } catch {
             continue;
           }
-          found.push({ path, exact: n === name, size });
+          found.push({ path, far, size });
         }
       }
-      found.sort(
-        (a, b) =>
-          Number(b.exact) - Number(a.exact) ||
-          Math.abs(a.size - e.size) - Math.abs(b.size - e.size),
-      );
+      found.sort((a, b) => a.far - b.far || Math.abs(a.size - e.size) - Math.abs(b.size - e.size));
       for (const f of found.slice(0, RENAME_CANDIDATES)) {
         if (!this.wants(e)) break;
         read.add(f.path);
@@ -506,6 +502,21 @@ async function oldCodename(
 const digitless = (name: string): string => name.replace(/[0-9]+/g, '\0');
 
 /**
+ * `name` (digits free) with each one of its tokens as 0x01; none for fewer than three tokens
+ * (`new.bin` would match every `*.bin` of the folder; in `a-keyring.gpg` two tokens stay).
+ */
+function wildcards(name: string): string[] {
+  const tokens = [...name.matchAll(/[A-Za-z0-9]+/g)];
+  if (tokens.length < 3) return [];
+  return tokens
+    .slice(0, 16)
+    .map(
+      (m) =>
+        digitless(name.slice(0, m.index)) + '\x01' + digitless(name.slice(m.index + m[0].length)),
+    );
+}
+
+/**
  * Names of the old tree by normalised name, listed folder by folder as asked (`readdir` only,
  * no symlink is followed: a symlinked folder is not a folder here). Paths are latin1 strings
  * of the raw bytes, relative to the root.
@@ -522,18 +533,37 @@ class OldNames {
     this.codename = codename ? new RegExp(`(?<![A-Za-z])${codename}(?![A-Za-z])`, 'g') : undefined;
   }
 
-  /** Old key: the codename as '/' (no file name holds one), digit runs as NUL. */
-  private oldKey(name: string): string {
-    return digitless(this.codename ? name.replace(this.codename, '/') : name);
+  private coded(name: string): string {
+    return this.codename ? name.replace(this.codename, '/') : name;
   }
 
-  /** The keys an old name matching `name` may have: digits free, and any one word as the codename. */
-  private newKeys(name: string): string[] {
-    const keys = [digitless(name)];
-    if (!this.codename) return keys;
-    for (const m of name.matchAll(/[A-Za-z]+/g)) {
-      if (keys.length > 16) break;
-      keys.push(digitless(name.slice(0, m.index) + '/' + name.slice(m.index + m[0].length)));
+  /**
+   * Old keys: the name with the codename as '/' (no file name holds one) and digit runs as
+   * NUL; for a file whose name has three tokens (letters and digits) or more, also that with
+   * any one token as 0x01 (`archive-keyring.gpg` may be `archive-keyring.pgp`).
+   */
+  private oldKeys(name: string, file: boolean): string[] {
+    const s = this.coded(name);
+    return [digitless(s), ...(file ? wildcards(s) : [])];
+  }
+
+  /** The keys an old name matching `name` may have, the closest first. */
+  private newKeys(name: string, kind: 'file' | 'dir'): string[] {
+    const forms = [name];
+    if (this.codename) {
+      for (const m of name.matchAll(/[A-Za-z]+/g)) {
+        if (forms.length > 16) break;
+        forms.push(name.slice(0, m.index) + '/' + name.slice(m.index + m[0].length));
+      }
+    }
+    const keys = forms.map(digitless);
+    if (kind === 'dir') {
+      // A folder that gained a suffix after its version (Debian's 64-bit time_t transition:
+      // `libnettle8` → `libnettle8t64`).
+      const m = /(?<=[0-9])[a-z]+[0-9]*$/.exec(name);
+      if (m) keys.push(digitless(name.slice(0, m.index)));
+    } else {
+      for (const f of forms) keys.push(...wildcards(f));
     }
     return keys;
   }
@@ -548,10 +578,11 @@ class OldNames {
     try {
       for (const d of await readdir(path, { withFileTypes: true, encoding: 'latin1' })) {
         if (!d.isDirectory() && !d.isFile()) continue;
-        const k = this.oldKey(d.name);
-        let list = l.get(k);
-        if (!list) l.set(k, (list = []));
-        list.push({ name: d.name, dir: d.isDirectory() });
+        for (const k of this.oldKeys(d.name, d.isFile())) {
+          let list = l.get(k);
+          if (!list) l.set(k, (list = []));
+          list.push({ name: d.name, dir: d.isDirectory() });
+        }
       }
     } catch {
       // absent or unreadable: nothing there
@@ -559,16 +590,26 @@ class OldNames {
     return l;
   }
 
-  /** Names in old folder `dir` that may be `name` renamed (the same name first). */
-  async match(dir: string, name: string, kind: 'file' | 'dir'): Promise<string[]> {
+  /**
+   * Names in old folder `dir` that may be `name` renamed, the closest first: the same name,
+   * then by the key that matched (`far`: 0 = only digits and the codename differ).
+   */
+  async match(
+    dir: string,
+    name: string,
+    kind: 'file' | 'dir',
+  ): Promise<Array<{ name: string; far: number }>> {
     const l = await this.listing(dir);
-    const out: string[] = [];
-    for (const k of this.newKeys(name)) {
-      for (const c of l.get(k) ?? []) {
-        if (c.dir === (kind === 'dir') && !out.includes(c.name)) out.push(c.name);
+    const out: Array<{ name: string; far: number }> = [];
+    const keys = this.newKeys(name, kind);
+    for (let far = 0; far < keys.length; far++) {
+      for (const c of l.get(keys[far]!) ?? []) {
+        if (c.dir === (kind === 'dir') && !out.some((o) => o.name === c.name)) {
+          out.push({ name: c.name, far: c.name === name ? -1 : far });
+        }
       }
     }
-    out.sort((a, b) => Number(b === name) - Number(a === name));
+    out.sort((a, b) => a.far - b.far);
     return out.slice(0, 8);
   }
 
@@ -581,7 +622,7 @@ class OldNames {
     const name = dir.slice(slash + 1);
     const out: string[] = [];
     for (const p of await this.dirs(slash < 0 ? '' : dir.slice(0, slash))) {
-      for (const n of await this.match(p, name, 'dir')) {
+      for (const { name: n } of await this.match(p, name, 'dir')) {
         if (out.length < DIR_CANDIDATES) out.push(p === '' ? n : `${p}/${n}`);
       }
     }
