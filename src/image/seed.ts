@@ -264,11 +264,14 @@ class Seeder {
 
   /**
    * Renamed files: for each new file the old tree lacks, the old files whose path is the same
-   * once normalised (every digit run is a wildcard, and the old OS's codename may stand for
-   * any one word of the new name: `python3.11/x.py` → `python3.13/x.py`, `libz.so.1.2.13` →
-   * `libz.so.1.3.1`, `…_bookworm_main_…_Packages` → `…_trixie_main_…_Packages`). At most
-   * `RENAME_CANDIDATES` per file (same name first, then the closest size), each old file read
-   * once at most; folders are listed only along the paths of such files.
+   * once normalised (see `OldNames`): every digit run is a wildcard, the old OS's codename may
+   * stand for any one word (`python3.11/x.py` → `python3.13/x.py`, `libz.so.1.2.13` →
+   * `libz.so.1.3.1`, `…_bookworm_main_…_Packages` → `…_trixie_main_…_Packages`), one token of a
+   * file name of three tokens or more may differ (`archive-keyring.gpg` → `.pgp`), and a folder
+   * may have gained a suffix after its version (`libdb5.3` → `libdb5.3t64`). At most
+   * `RENAME_CANDIDATES` per file (the same name first, then the closest rule, then the closest
+   * size), each old file read once at most in a seed (so never more than the old tree); folders
+   * are listed only along the paths of such files.
    */
   private async fromRenamed(
     root: Buffer,
