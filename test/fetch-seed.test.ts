@@ -32,6 +32,8 @@ import { dirRemote, httpRemote } from '../src/content/remote.js';
 import { fetchImage } from '../src/content/fetch.js';
 import { chunksOfManifest, fetchImageSeeded } from '../src/image/fetch.js';
 import { hashKey } from '../src/content/digest.js';
+import { seedStore } from '../src/image/seed.js';
+import { decodeManifest } from '../src/image/formats/native/v1/manifest-codec.js';
 
 const skip = nginxSkip();
 let work: string;
@@ -362,5 +364,86 @@ describe('seeded and multi-DP fetch', { skip }, () => {
     assert.equal(noname.status, 1);
     assert.match(noname.stderr, /IMAGE_NOT_FOUND/);
     assert.equal(existsSync(store), false);
+  });
+});
+
+describe('seeding from renamed old files', () => {
+  test('a renamed file (version bump, codename) is seeded; an unrelated file is not read', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'reimage-rename-'));
+    try {
+      const oldRoot = join(dir, 'old');
+      const newRoot = join(dir, 'new');
+      for (const r of [oldRoot, newRoot]) {
+        mkdirSync(join(r, 'usr/lib/os'), { recursive: true });
+        mkdirSync(join(r, 'var/lists'), { recursive: true });
+        mkdirSync(join(r, 'other'), { recursive: true });
+      }
+      const lib = randomData('rename-lib', 1024 * 1024);
+      const list = randomData('rename-list', 512 * 1024);
+      writeFileSync(join(oldRoot, 'usr/lib/os-release'), 'ID=debian\nVERSION_CODENAME=bookworm\n');
+      writeFileSync(join(newRoot, 'usr/lib/os-release'), 'ID=debian\nVERSION_CODENAME=trixie\n');
+      writeFileSync(join(oldRoot, 'usr/lib/libdemo.so.1.2.3'), lib);
+      const lib2 = Buffer.from(lib);
+      randomData('rename-patch', 200).copy(lib2, 300 * 1024);
+      writeFileSync(join(newRoot, 'usr/lib/libdemo.so.1.2.4'), lib2);
+      // A folder with the version in its name, and the codename in a file name.
+      mkdirSync(join(oldRoot, 'usr/lib/python3.11'));
+      mkdirSync(join(newRoot, 'usr/lib/python3.13'));
+      const py = randomData('rename-py', 256 * 1024);
+      writeFileSync(join(oldRoot, 'usr/lib/python3.11/os.py'), py);
+      writeFileSync(join(newRoot, 'usr/lib/python3.13/os.py'), py);
+      writeFileSync(join(oldRoot, 'var/lists/deb_bookworm_main_Packages'), list);
+      writeFileSync(join(newRoot, 'var/lists/deb_trixie_main_Packages'), list);
+      // A folder that gained a suffix (Debian's t64 transition), an extension that changed.
+      const doc = randomData('rename-doc', 96 * 1024);
+      const key = randomData('rename-key', 80 * 1024);
+      mkdirSync(join(oldRoot, 'usr/share/doc/libdemo8'), { recursive: true });
+      mkdirSync(join(newRoot, 'usr/share/doc/libdemo8t64'), { recursive: true });
+      writeFileSync(join(oldRoot, 'usr/share/doc/libdemo8/README'), doc);
+      writeFileSync(join(newRoot, 'usr/share/doc/libdemo8t64/README'), doc);
+      writeFileSync(join(oldRoot, 'usr/share/doc/debian-archive-keyring.gpg'), key);
+      writeFileSync(join(newRoot, 'usr/share/doc/debian-archive-keyring.pgp'), key);
+      // Unrelated: other names, never read.
+      const unrelated = 2 * 1024 * 1024;
+      writeFileSync(join(oldRoot, 'other/unrelated.bin'), randomData('rename-u', unrelated));
+      writeFileSync(join(oldRoot, 'usr/lib/libother.so.7'), randomData('rename-o', unrelated));
+      writeFileSync(
+        join(oldRoot, 'var/lists/deb_bookworm_contrib_Packages'),
+        randomData('c', 4096),
+      );
+      writeFileSync(join(newRoot, 'other/new.bin'), randomData('rename-new', 64 * 1024));
+      mkdirSync(join(oldRoot, 'usr/share/doc/other'));
+      writeFileSync(
+        join(oldRoot, 'usr/share/doc/other/README'),
+        randomData('rename-o2', unrelated),
+      );
+      symlinkSync(join(oldRoot, 'other'), join(oldRoot, 'usr/lib/python3.12'));
+
+      const dp = ContentStore.open(join(dir, 'dp'), { create: true });
+      const c = await captureImage({ source: newRoot, store: dp, name: 'new' });
+      const manifest = decodeManifest(new ImageLibrary(dp).loadManifest(c.record.id).bytes);
+      const into = ContentStore.open(join(dir, 'machine'), { create: true });
+      const r = await seedStore({ into, manifest, root: oldRoot });
+      console.log('renamed seeding:', JSON.stringify(r));
+      assert.equal(r.filesReadRenamed, 5, 'libdemo.so, os.py, the list, README, the keyring');
+      assert.ok(r.chunksFromRenamed > 0);
+      // os-release was read at its path too, but changed: nothing from it.
+      assert.equal(r.chunksFromFiles, r.chunksFromRenamed);
+      // Read: os-release (its chunks, at its path) and the five renamed files; nothing of the unrelated 6 MiB nor the contrib list.
+      const expected = lib.length + list.length + py.length + doc.length + key.length;
+      assert.ok(r.bytesRead < expected + 1024, `read ${r.bytesRead} B, expected ~${expected}`);
+      assert.ok(r.bytesRead >= expected);
+      // What is left to fetch: libdemo's changed chunk(s) and new.bin.
+      const needed = new Set<string>();
+      for (const e of manifest.entries) {
+        for (let i = 0; e.chunks && i < e.chunks.length; i += 32) needed.add(hashKey(e.chunks, i));
+      }
+      const have = into.loadIndex();
+      const left = [...needed].filter((k) => !have.getByKey(k)).length;
+      assert.equal(left, r.chunksNeeded - r.chunksSeeded);
+      assert.ok(left >= 2 && left <= 4, `${left} chunks left to fetch`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

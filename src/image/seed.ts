@@ -8,7 +8,7 @@
  * image's store, a cache folder). Every chunk is hashed before it is stored.
  */
 import { constants, type Stats } from 'node:fs';
-import { lstat, open, type FileHandle } from 'node:fs/promises';
+import { lstat, open, readdir, type FileHandle } from 'node:fs/promises';
 import { Decompressor } from 'zstd-napi';
 import { ReimageError } from '../errors.js';
 import { hashKey, sha256 } from '../content/digest.js';
@@ -19,12 +19,16 @@ import {
   type ContentStore,
   type WriteSession,
 } from '../content/store.js';
-import type { Manifest } from './manifest.js';
+import type { Entry, Manifest } from './manifest.js';
 import { cdcChunks, dataSegments } from './posix.js';
 
 /** Verified chunks are committed to the store this often, so an interrupted seed keeps them. */
 const COMMIT_EVERY = 64 * 1024 * 1024;
 const READ_BUF = 8 * 1024 * 1024;
+/** Old files read for one new file the old tree lacks (see `fromRenamed`). */
+const RENAME_CANDIDATES = 2;
+/** Old folders that may stand for one new folder. */
+const DIR_CANDIDATES = 4;
 
 export interface SeedOptions {
   /** The local store the image is fetched into. */
@@ -59,6 +63,10 @@ export interface SeedResult {
   /** Bytes read: old files' data plus compressed frames of other stores. */
   bytesRead: number;
   filesRead: number;
+  /** Of `filesRead`: old files read under another path than the new file's (renamed). */
+  filesReadRenamed: number;
+  /** Of `chunksFromFiles`: chunks found in those. */
+  chunksFromRenamed: number;
   /**
    * Old files that exist but could not be used: unreadable, a symlink or not a regular file,
    * or behind a symlinked folder (paths absent from the old tree are not counted).
@@ -100,6 +108,8 @@ class Seeder {
     chunksFromFiles: 0,
     bytesRead: 0,
     filesRead: 0,
+    filesReadRenamed: 0,
+    chunksFromRenamed: 0,
     filesSkipped: 0,
   };
   private readonly signal: AbortSignal | undefined;
@@ -220,61 +230,152 @@ class Seeder {
     }
   }
 
-  /** Chunks the old files at the new image's paths and keeps the chunks it needs. */
+  /** Chunks the old files at the new image's paths, then old files under other names. */
   private async fromFiles(): Promise<void> {
     const root = Buffer.from(this.opts.root!.replace(/\/+$/, ''));
     const dirOk = new Map<string, 'ok' | 'absent' | 'unsafe'>();
     const buf = Buffer.allocUnsafe(READ_BUF);
     const cuts = new Uint32Array(1024);
+    /** Old paths read (latin1): no old file is read twice, so seeding reads at most the tree. */
+    const read = new Set<string>();
+    /** New files with chunks still missing whose path the old tree lacks. */
+    const absent: Entry[] = [];
     for (const e of this.opts.manifest.entries) {
       if (this.missing.size === 0) return;
       if (e.type !== 'file' || !e.chunks || e.chunks.length === 0) continue;
       // Only files with chunks still missing are worth reading.
-      let wants = false;
-      for (let i = 0; i < e.chunks.length && !wants; i += 32) {
-        wants = this.missing.has(hashKey(e.chunks, i));
-      }
-      if (!wants) continue;
+      if (!this.wants(e)) continue;
       cancelled(this.signal);
-      const parents = await this.parentsAreDirs(root, e.path, dirOk);
-      if (parents !== 'ok') {
-        if (parents === 'unsafe') this.result.filesSkipped++;
-        continue;
-      }
-      const path = Buffer.concat([root, Buffer.from('/'), e.path]);
-      let fh: FileHandle;
-      let st: Stats;
-      try {
-        // O_NOFOLLOW: a symlink at the path is not followed (it may point out of the root);
-        // O_NONBLOCK: a FIFO put there since the walk does not hang the open.
-        fh = await open(
-          path,
-          constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY,
-        );
-      } catch (err) {
-        // Absent in the old tree is the normal case for a new file; anything else (a symlink:
-        // ELOOP, no permission) is a file that could not be used.
-        const code = (err as NodeJS.ErrnoException).code;
-        if (code !== 'ENOENT' && code !== 'ENOTDIR') this.result.filesSkipped++;
-        continue;
-      }
-      try {
-        st = await fh.stat();
-        if (!st.isFile()) {
-          this.result.filesSkipped++;
-          continue;
+      const r = await this.readOld(root, e.path, dirOk, buf, cuts);
+      if (r === 'absent') absent.push(e);
+      else if (r === 'read') read.add(e.path.toString('latin1'));
+    }
+    if (absent.length > 0 && this.missing.size > 0) {
+      await this.fromRenamed(root, absent, read, dirOk, buf, cuts);
+    }
+  }
+
+  private wants(e: Entry): boolean {
+    for (let i = 0; i < e.chunks!.length; i += 32) {
+      if (this.missing.has(hashKey(e.chunks!, i))) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Renamed files: for each new file the old tree lacks, the old files whose path is the same
+   * once normalised (see `OldNames`): every digit run is a wildcard, the old OS's codename may
+   * stand for any one word (`python3.11/x.py` → `python3.13/x.py`, `libz.so.1.2.13` →
+   * `libz.so.1.3.1`, `…_bookworm_main_…_Packages` → `…_trixie_main_…_Packages`), one token of a
+   * file name of three tokens or more may differ (`archive-keyring.gpg` → `.pgp`), and a folder
+   * may have gained a suffix after its version (`libdb5.3` → `libdb5.3t64`). At most
+   * `RENAME_CANDIDATES` per file (the same name first, then the closest rule, then the closest
+   * size), each old file read once at most in a seed (so never more than the old tree); folders
+   * are listed only along the paths of such files.
+   */
+  private async fromRenamed(
+    root: Buffer,
+    absent: Entry[],
+    read: Set<string>,
+    dirOk: Map<string, 'ok' | 'absent' | 'unsafe'>,
+    buf: Buffer,
+    cuts: Uint32Array,
+  ): Promise<void> {
+    const names = new OldNames(
+      root,
+      await oldCodename(root, dirOk, this.parentsAreDirs.bind(this)),
+    );
+    for (const e of absent) {
+      if (this.missing.size === 0) return;
+      if (!this.wants(e)) continue;
+      cancelled(this.signal);
+      const rel = e.path.toString('latin1');
+      const slash = rel.lastIndexOf('/');
+      const dirs = await names.dirs(slash < 0 ? '' : rel.slice(0, slash));
+      const found: Array<{ path: string; far: number; size: number }> = [];
+      const name = rel.slice(slash + 1);
+      for (const d of dirs) {
+        for (const { name: n, far } of await names.match(d, name, 'file')) {
+          const path = d === '' ? n : `${d}/${n}`;
+          if (path === rel || read.has(path) || found.some((f) => f.path === path)) continue;
+          let size: number;
+          try {
+            const st = await lstat(
+              Buffer.concat([root, Buffer.from('/'), Buffer.from(path, 'latin1')]),
+            );
+            if (!st.isFile()) continue;
+            size = st.size;
+          } catch {
+            continue;
+          }
+          found.push({ path, far, size });
         }
+      }
+      found.sort((a, b) => a.far - b.far || Math.abs(a.size - e.size) - Math.abs(b.size - e.size));
+      for (const f of found.slice(0, RENAME_CANDIDATES)) {
+        if (!this.wants(e)) break;
+        read.add(f.path);
+        const before = this.result.chunksFromFiles;
+        const r = await this.readOld(root, Buffer.from(f.path, 'latin1'), dirOk, buf, cuts);
+        if (r === 'read') {
+          this.result.filesReadRenamed++;
+          this.result.chunksFromRenamed += this.result.chunksFromFiles - before;
+        }
+      }
+    }
+  }
+
+  /** Reads and chunks one old file, keeping the chunks still missing. */
+  private async readOld(
+    root: Buffer,
+    rel: Buffer,
+    dirOk: Map<string, 'ok' | 'absent' | 'unsafe'>,
+    buf: Buffer,
+    cuts: Uint32Array,
+  ): Promise<'read' | 'absent' | 'skipped'> {
+    const parents = await this.parentsAreDirs(root, rel, dirOk);
+    if (parents !== 'ok') {
+      if (parents === 'unsafe') this.result.filesSkipped++;
+      return parents === 'unsafe' ? 'skipped' : 'absent';
+    }
+    const path = Buffer.concat([root, Buffer.from('/'), rel]);
+    let fh: FileHandle;
+    let st: Stats;
+    try {
+      // O_NOFOLLOW: a symlink at the path is not followed (it may point out of the root);
+      // O_NONBLOCK: a FIFO put there since the walk does not hang the open.
+      fh = await open(
+        path,
+        constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY,
+      );
+    } catch (err) {
+      // Absent in the old tree is the normal case for a new file; anything else (a symlink:
+      // ELOOP, no permission) is a file that could not be used.
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return 'absent';
+      this.result.filesSkipped++;
+      return 'skipped';
+    }
+    let r: 'read' | 'skipped' = 'read';
+    try {
+      st = await fh.stat();
+      if (!st.isFile()) {
+        this.result.filesSkipped++;
+        r = 'skipped';
+      } else {
         await this.chunkFile(fh, st, buf, cuts);
         this.result.filesRead++;
-      } catch (err) {
-        if ((err as { code?: string }).code === 'CANCELLED') throw err;
-        this.result.filesSkipped++; // unreadable (EIO, …): its chunks come from a DP
-      } finally {
-        await fh.close();
       }
-      await this.commit(true);
-      this.progress();
+    } catch (err) {
+      if ((err as { code?: string }).code === 'CANCELLED') throw err;
+      this.result.filesSkipped++; // unreadable (EIO, …): its chunks come from a DP
+      r = 'skipped';
+    } finally {
+      await fh.close();
     }
+    await this.commit(true);
+    this.progress();
+    return r;
   }
 
   /**
@@ -357,5 +458,178 @@ class Seeder {
         pos = 0;
       }
     }
+  }
+}
+
+type ParentCheck = (
+  root: Buffer,
+  rel: Buffer,
+  cache: Map<string, 'ok' | 'absent' | 'unsafe'>,
+) => Promise<'ok' | 'absent' | 'unsafe'>;
+
+/**
+ * The old OS's codename (`VERSION_CODENAME` of its os-release, a plain word), read without
+ * following symlinks; undefined when there is none.
+ */
+async function oldCodename(
+  root: Buffer,
+  dirOk: Map<string, 'ok' | 'absent' | 'unsafe'>,
+  parentsAreDirs: ParentCheck,
+): Promise<string | undefined> {
+  for (const rel of ['usr/lib/os-release', 'etc/os-release']) {
+    const relB = Buffer.from(rel);
+    if ((await parentsAreDirs(root, relB, dirOk)) !== 'ok') continue;
+    let fh: FileHandle | undefined;
+    try {
+      fh = await open(
+        Buffer.concat([root, Buffer.from('/'), relB]),
+        constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY,
+      );
+      if (!(await fh.stat()).isFile()) continue;
+      const b = Buffer.alloc(16 * 1024);
+      const { bytesRead } = await fh.read(b, 0, b.length, 0);
+      const m = /^VERSION_CODENAME=["']?([A-Za-z]{3,32})["']?\s*$/m.exec(
+        b.subarray(0, bytesRead).toString('latin1'),
+      );
+      if (m) return m[1];
+    } catch {
+      // absent, a symlink, unreadable: try the other one
+    } finally {
+      await fh?.close();
+    }
+  }
+  return undefined;
+}
+
+/** A name with every digit run as NUL (no file name holds one). */
+const digitless = (name: string): string => name.replace(/[0-9]+/g, '\0');
+
+/**
+ * `name` (digits free) with each one of its tokens as 0x01; none for fewer than three tokens
+ * (`new.bin` would match every `*.bin` of the folder; in `a-keyring.gpg` two tokens stay).
+ */
+function wildcards(name: string): string[] {
+  const tokens = [...name.matchAll(/[A-Za-z0-9]+/g)];
+  if (tokens.length < 3) return [];
+  return tokens
+    .slice(0, 16)
+    .map(
+      (m) =>
+        digitless(name.slice(0, m.index)) + '\x01' + digitless(name.slice(m.index + m[0].length)),
+    );
+}
+
+/**
+ * Names of the old tree by normalised name, listed folder by folder as asked (`readdir` only,
+ * no symlink is followed: a symlinked folder is not a folder here). Paths are latin1 strings
+ * of the raw bytes, relative to the root.
+ */
+class OldNames {
+  private readonly listings = new Map<string, Map<string, Array<{ name: string; dir: boolean }>>>();
+  private readonly dirCache = new Map<string, string[]>();
+  private readonly codename: RegExp | undefined;
+
+  constructor(
+    private readonly root: Buffer,
+    codename: string | undefined,
+  ) {
+    this.codename = codename ? new RegExp(`(?<![A-Za-z])${codename}(?![A-Za-z])`, 'g') : undefined;
+  }
+
+  private coded(name: string): string {
+    return this.codename ? name.replace(this.codename, '/') : name;
+  }
+
+  /**
+   * Old keys: the name with the codename as '/' (no file name holds one) and digit runs as
+   * NUL; for a file whose name has three tokens (letters and digits) or more, also that with
+   * any one token as 0x01 (`archive-keyring.gpg` may be `archive-keyring.pgp`).
+   */
+  private oldKeys(name: string, file: boolean): string[] {
+    const s = this.coded(name);
+    return [digitless(s), ...(file ? wildcards(s) : [])];
+  }
+
+  /** The keys an old name matching `name` may have, the closest first. */
+  private newKeys(name: string, kind: 'file' | 'dir'): string[] {
+    const forms = [name];
+    if (this.codename) {
+      for (const m of name.matchAll(/[A-Za-z]+/g)) {
+        if (forms.length > 16) break;
+        forms.push(name.slice(0, m.index) + '/' + name.slice(m.index + m[0].length));
+      }
+    }
+    const keys = forms.map(digitless);
+    if (kind === 'dir') {
+      // A folder that gained a suffix after its version (Debian's 64-bit time_t transition:
+      // `libnettle8` → `libnettle8t64`).
+      const m = /(?<=[0-9])[a-z]+[0-9]*$/.exec(name);
+      if (m) keys.push(digitless(name.slice(0, m.index)));
+    } else {
+      for (const f of forms) keys.push(...wildcards(f));
+    }
+    return keys;
+  }
+
+  private async listing(dir: string) {
+    let l = this.listings.get(dir);
+    if (l) return l;
+    l = new Map();
+    this.listings.set(dir, l);
+    const path =
+      dir === '' ? this.root : Buffer.concat([this.root, Buffer.from('/' + dir, 'latin1')]);
+    try {
+      for (const d of await readdir(path, { withFileTypes: true, encoding: 'latin1' })) {
+        if (!d.isDirectory() && !d.isFile()) continue;
+        for (const k of this.oldKeys(d.name, d.isFile())) {
+          let list = l.get(k);
+          if (!list) l.set(k, (list = []));
+          list.push({ name: d.name, dir: d.isDirectory() });
+        }
+      }
+    } catch {
+      // absent or unreadable: nothing there
+    }
+    return l;
+  }
+
+  /**
+   * Names in old folder `dir` that may be `name` renamed, the closest first: the same name,
+   * then by the key that matched (`far`: 0 = only digits and the codename differ).
+   */
+  async match(
+    dir: string,
+    name: string,
+    kind: 'file' | 'dir',
+  ): Promise<Array<{ name: string; far: number }>> {
+    const l = await this.listing(dir);
+    const out: Array<{ name: string; far: number }> = [];
+    const keys = this.newKeys(name, kind);
+    for (let far = 0; far < keys.length; far++) {
+      for (const c of l.get(keys[far]!) ?? []) {
+        if (c.dir === (kind === 'dir') && !out.some((o) => o.name === c.name)) {
+          out.push({ name: c.name, far: c.name === name ? -1 : far });
+        }
+      }
+    }
+    out.sort((a, b) => a.far - b.far);
+    return out.slice(0, 8);
+  }
+
+  /** Old folders that may be new folder `dir` (itself first when it exists). */
+  async dirs(dir: string): Promise<string[]> {
+    if (dir === '') return [''];
+    const cached = this.dirCache.get(dir);
+    if (cached) return cached;
+    const slash = dir.lastIndexOf('/');
+    const name = dir.slice(slash + 1);
+    const out: string[] = [];
+    for (const p of await this.dirs(slash < 0 ? '' : dir.slice(0, slash))) {
+      for (const { name: n } of await this.match(p, name, 'dir')) {
+        if (out.length < DIR_CANDIDATES) out.push(p === '' ? n : `${p}/${n}`);
+      }
+    }
+    this.dirCache.set(dir, out);
+    return out;
   }
 }
