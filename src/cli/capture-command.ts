@@ -1,4 +1,4 @@
-import type { Command } from 'commander';
+import { InvalidArgumentError, type Command } from 'commander';
 import { ReimageError } from '../errors.js';
 import { listGeneralization } from '../image/generalize.js';
 import {
@@ -47,6 +47,7 @@ interface CaptureFlags extends Common {
   yes?: boolean;
   readRate?: number;
   serverFingerprint?: string;
+  requestTimeout?: number;
 }
 
 /** Flags over the answer file: what the user typed last wins. */
@@ -126,6 +127,16 @@ export function registerCaptureCommand(image: Command, deps: { env: Env }): void
         '--server-fingerprint <sha256>',
         'pin the server certificate (server destination; default: REIMAGE_SERVER_FINGERPRINT, the login)',
       )
+      .option(
+        '--request-timeout <seconds>',
+        'server destination: give up on one upload request after this long, then retry (default 30)',
+        (v: string) => {
+          const n = Number(v);
+          if (!Number.isFinite(n) || n <= 0)
+            throw new InvalidArgumentError('expected seconds > 0.');
+          return n;
+        },
+      )
       .option('--description <text>', 'description')
       .option(
         '--property <key=value>',
@@ -171,7 +182,11 @@ export function registerCaptureCommand(image: Command, deps: { env: Env }): void
       // The server destination: the token from the wizard or --password-file, else REIMAGE_TOKEN
       // or the login; the capture goes through a local cache store that is kept.
       connectServer: (url, token) =>
-        connect({ server: url, token, serverFingerprint: o.serverFingerprint }, { env }),
+        connect(
+          { server: url, token, serverFingerprint: o.serverFingerprint },
+          { env },
+          o.requestTimeout ? { timeoutMs: o.requestTimeout * 1000 } : {},
+        ),
       cacheStore: captureCacheStore(env),
       ...(o.readRate ? { readRate: o.readRate * 1024 * 1024 } : {}),
       ...(o.workers ? { workers: o.workers } : {}),

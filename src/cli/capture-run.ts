@@ -76,7 +76,7 @@ export interface CaptureOutcome {
   /** Files and bytes copied to the share (only what it lacked). */
   copied?: { files: number; bytes: number };
   /** Chunks and bytes sent to the server (only what its library lacked). */
-  uploaded?: { chunks: number; bytes: number; resumed: boolean };
+  uploaded?: { chunks: number; bytes: number; resumed: boolean; retries: number };
 }
 
 /**
@@ -384,7 +384,12 @@ async function captureToServer(
         warnings: res.warnings,
         where: `server library ${d.url} (registered in the catalog)`,
         storedBytes: res.record.stats.storedBytes,
-        uploaded: { chunks: up.chunksSent, bytes: up.bytesSent, resumed: up.resumed },
+        uploaded: {
+          chunks: up.chunksSent,
+          bytes: up.bytesSent,
+          resumed: up.resumed,
+          retries: up.retries,
+        },
       };
     } catch (e) {
       // Not uploaded: the cache's name goes back to what it was (its chunks stay as cache).
