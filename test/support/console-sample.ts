@@ -12,6 +12,7 @@ import {
   createDp,
   createPackage,
   enrollMachine,
+  exampleSettings,
   expectStatus,
   packageFiles,
   type EnrolledMachine,
@@ -32,7 +33,21 @@ export async function seedConsoleSample(
   const image = await addImage(server, 'debian-12-desktop');
   const pkg = await createPackage(
     server,
-    packageFiles({ name: 'debian-12', version: '12.7-1', image: image.id }),
+    packageFiles({
+      name: 'debian-12',
+      version: '12.7-1',
+      image: image.id,
+      description: 'Debian 12 desktop for the lab',
+      settings: {
+        ...exampleSettings(),
+        machineState: {
+          computerName: 'migrate',
+          organization: { set: 'Example Corp' },
+          productKey: 'migrate',
+          administratorPassword: { set: 'sample-root-password' },
+        },
+      },
+    }),
   );
   const machines: EnrolledMachine[] = [];
   const models = ['ThinkPad T14', 'OptiPlex 7090', 'EliteBook 840'];
