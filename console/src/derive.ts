@@ -59,6 +59,22 @@ export function latestByMachine(messages: StatusMessage[]): Map<string, StatusMe
   return out;
 }
 
+/** The count of machines in each state after each minute, replaying the messages in time order. */
+export function overTimeFrom(messages: StatusMessage[]): ({ time: string } & Counts)[] {
+  const state = new Map<string, CountKey>();
+  const out: ({ time: string } & Counts)[] = [];
+  const sorted = [...messages].sort((a, b) => a.time.localeCompare(b.time) || a.seq - b.seq);
+  for (const m of sorted) {
+    state.set(m.machineId, stateOf(m));
+    const minute = `${m.time.slice(0, 16)}:00Z`;
+    const c = emptyCounts();
+    for (const s of state.values()) c[s]++;
+    if (out.length && out[out.length - 1]!.time === minute) out.pop();
+    out.push({ time: minute, ...c });
+  }
+  return out;
+}
+
 /** A timeline in the status route's shape from the machine timeline route's raw messages. */
 export function timelineFrom(machine: Timeline['machine'], items: StatusMessage[]): Timeline {
   const messages: TimelineMessage[] = items.map((m) => ({

@@ -4,8 +4,17 @@
  */
 import { useMemo } from 'react';
 import { useGet, type LiveEvent } from './api';
-import { emptyCounts, latestByMachine, stateOf, timelineFrom } from './derive';
-import type { Advertisement, List, Machine, StatusMessage, Summary, Timeline } from './types';
+import { emptyCounts, latestByMachine, overTimeFrom, stateOf, timelineFrom } from './derive';
+import type {
+  Advertisement,
+  Counts,
+  Fleet,
+  List,
+  Machine,
+  StatusMessage,
+  Summary,
+  Timeline,
+} from './types';
 
 const forAd = (adId: string | undefined) => (e: LiveEvent) =>
   e.type === 'tick' ||
@@ -54,20 +63,7 @@ export function useAdvertisementStatus(ad: Advertisement | undefined) {
     if (!ad || !messages.data) return undefined;
     const counts = emptyCounts();
     for (const r of rows) counts[r.state]++;
-    // Replays the messages in time order: the count of each state after each minute.
-    const state = new Map<string, ReturnType<typeof stateOf>>();
-    const overTime: Summary['overTime'] = [];
-    const sorted = [...messages.data.items].sort(
-      (a, b) => a.time.localeCompare(b.time) || a.seq - b.seq,
-    );
-    for (const m of sorted) {
-      state.set(m.machineId, stateOf(m));
-      const minute = `${m.time.slice(0, 16)}:00Z`;
-      const c = emptyCounts();
-      for (const s of state.values()) c[s]++;
-      if (overTime.length && overTime[overTime.length - 1]!.time === minute) overTime.pop();
-      overTime.push({ time: minute, ...c });
-    }
+    const overTime = overTimeFrom(messages.data.items);
     return {
       advertisement: { id: ad.id, name: ad.name },
       counts,
@@ -84,6 +80,31 @@ export function useAdvertisementStatus(ad: Advertisement | undefined) {
     rows,
     error: messages.error ?? members.error,
     loading: summary.loading || messages.loading,
+  };
+}
+
+/** The fleet's status now and over time: the server's, else derived from every status message. */
+export function useFleet() {
+  const live = (e: LiveEvent) => e.type !== 'status';
+  const fleet = useGet<Fleet>('/api/v1/status/fleet', live);
+  const raw = useGet<List<StatusMessage>>(
+    fleet.missing ? '/api/v1/status?limit=10000' : null,
+    live,
+  );
+  const derived = useMemo((): Fleet | undefined => {
+    if (!raw.data) return undefined;
+    const now: Partial<Counts> = emptyCounts();
+    for (const m of latestByMachine(raw.data.items).values()) {
+      const k = stateOf(m);
+      now[k] = (now[k] ?? 0) + 1;
+    }
+    return { now, overTime: overTimeFrom(raw.data.items), topTrends: [] };
+  }, [raw.data]);
+  return {
+    ...fleet,
+    data: fleet.data ?? derived,
+    missing: fleet.missing && !derived && !raw.loading,
+    fromServer: fleet.data !== undefined,
   };
 }
 

@@ -1,8 +1,8 @@
 import { useGet } from '../api';
 import { stateLabel } from '../derive';
 import { Link } from '../router';
-import { useAdvertisementStatus } from '../status';
-import { countKeys, type Advertisement, type Fleet, type List } from '../types';
+import { useAdvertisementStatus, useFleet } from '../status';
+import { countKeys, type Advertisement, type List } from '../types';
 import { LoadState, Page, Section, Table } from '../ui';
 import { StatusChart } from './charts';
 import { TrendTable } from './Trends';
@@ -27,7 +27,7 @@ function AdRow({ ad }: { ad: Advertisement }) {
 
 export function Dashboard() {
   const ads = useGet<List<Advertisement>>('/api/v1/advertisements', (e) => e.type === 'tick');
-  const fleet = useGet<Fleet>('/api/v1/status/fleet', (e) => e.type !== 'status');
+  const fleet = useFleet();
   return (
     <Page title="Dashboard">
       <Section title="Deployments now">
@@ -90,9 +90,11 @@ export function Dashboard() {
         </LoadState>
       </Section>
       <Section title="Top trends">
-        <LoadState loaded={fleet} what="trends">
-          {(f) => <TrendTable groups={f.topTrends} />}
-        </LoadState>
+        {fleet.fromServer && fleet.data ? (
+          <TrendTable groups={fleet.data.topTrends} />
+        ) : (
+          <p className="empty">No trends yet.</p>
+        )}
       </Section>
     </Page>
   );
