@@ -40,8 +40,16 @@ try {
   await postStatus(server, m1, full(at(55)));
   await postStatus(server, m2, full(at(48)));
   await postStatus(server, m3, full(at(40)));
-  await postStatus(server, m4, full(at(20)).filter((m) => m.id <= 4003));
-  await postStatus(server, m5, full(at(8)).filter((m) => m.id <= 3002));
+  await postStatus(
+    server,
+    m4,
+    full(at(20)).filter((m) => m.id <= 4003),
+  );
+  await postStatus(
+    server,
+    m5,
+    full(at(8)).filter((m) => m.id <= 3002),
+  );
   await postStatus(
     server,
     m6,
