@@ -22,7 +22,8 @@ import {
 const CHROMIUM = '/usr/bin/chromium';
 const skip = !existsSync(CHROMIUM) && !process.env.CI ? 'no /usr/bin/chromium' : false;
 
-const HOSTILE = 'Hello <b>team</b>\n<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'; // prettier-ignore
+const HOSTILE =
+  'Hello <b>team</b>\n<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">';
 
 function notification(over: Partial<NotificationRequest> = {}): NotificationRequest {
   return {
@@ -95,8 +96,17 @@ describe('notification page in a browser', { skip, timeout: 180_000 }, () => {
 
   test('shows the texts with the message escaped, a running countdown, only the allowed buttons; Install now answers', async () => {
     pageErrors.length = 0;
-    const s = await show(notification({ buttons: { now: true, later: true, decline: false } }));
+    const s = await show(
+      notification({
+        buttons: { now: true, later: true, decline: false },
+        deadline: new Date(Date.now() + 48 * 3_600_000).toISOString(),
+      }),
+    );
     await page.getByRole('heading', { name: 'Installing now: Desktop refresh' }).waitFor();
+    assert.match(
+      await page.locator('main').innerText(),
+      /The installation is mandatory: it happens by .+ at the latest\./,
+    );
     assert.match(await page.locator('#intro').innerText(), /re-imaged with Debian desktop 2\.0/);
     // The message is shown as text, exactly as given: its markup is not markup.
     assert.equal(await page.locator('#message').textContent(), HOSTILE);
@@ -114,7 +124,11 @@ describe('notification page in a browser', { skip, timeout: 180_000 }, () => {
     // not a string: the page's CSP forbids eval.
     await page.waitForFunction(
       (f) => {
-        const doc = (globalThis as unknown as { document: { getElementById(id: string): { textContent: string } } }).document; // prettier-ignore
+        const doc = (
+          globalThis as unknown as {
+            document: { getElementById(id: string): { textContent: string } };
+          }
+        ).document;
         const t = doc.getElementById('countdown').textContent.trim();
         const m = /^(?:(\d+) h )?(?:(\d+) min )?(\d+) s$/.exec(t);
         return m !== null && Number(m[1] ?? 0) * 3600 + Number(m[2] ?? 0) * 60 + Number(m[3]) < f;

@@ -30,6 +30,7 @@ const STYLE = `
 body { font: 1.05rem/1.5 system-ui, sans-serif; margin: 0; padding: 2rem 1rem; }
 main { max-width: 40rem; margin: 0 auto; }
 h1 { font-size: 1.5rem; margin: 0 0 1rem; }
+h2 { font-size: 1.05rem; margin: 1.5rem 0 0; }
 .message { white-space: pre-wrap; border-left: 4px solid var(--accent); padding: .5rem 1rem; margin: 1rem 0; }
 .countdown { font-size: 1.3rem; font-variant-numeric: tabular-nums; }
 .actions { display: flex; flex-wrap: wrap; gap: .75rem; align-items: end; margin: 1.5rem 0; }
@@ -117,7 +118,7 @@ const SCRIPT = `
 export function renderNotificationPage(p: PageInput): string {
   const { req, text } = p;
   const e = escapeHtml;
-  const when = (iso: string) => `<time datetime="${e(iso)}">${e(formatWhen(iso))}</time>`; // prettier-ignore
+  const when = (iso: string) => `<time datetime="${e(iso)}">${e(formatWhen(iso))}</time>`;
   const later = req.buttons.later
     ? `<div class="later">
         <label for="delay">Postpone until</label>
@@ -150,7 +151,6 @@ export function renderNotificationPage(p: PageInput): string {
   <p id="intro">${e(text.intro)}</p>
   ${text.message !== undefined ? `<section aria-labelledby="message-title"><h2 id="message-title">Message from your administrator</h2><p class="message" id="message">${e(text.message)}</p></section>` : ''}
   ${req.kind === 'pre' && req.startsAt ? `<p>The installation starts at ${when(req.startsAt)}.</p>` : ''}
-  ${req.deadline ? `<p>Deadline: ${when(req.deadline)}.</p>` : ''}
   ${text.facts.map((f) => `<p>${e(f)}</p>`).join('\n  ')}
   <p class="countdown">Time left to answer: <span id="countdown" role="timer">${e(formatRemaining(Date.parse(req.countdownEndsAt) - Date.parse(p.serverNow)))}</span></p>
   <p>${e(text.noAnswer)}</p>

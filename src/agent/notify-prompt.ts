@@ -113,9 +113,15 @@ export async function promptNotification(
     styleText('bold', `── ${terminalSafe(t.title)} ──`),
     terminalSafe(t.intro),
     ...(t.message !== undefined
-      ? ['', 'Message from your administrator:', ...terminalSafe(t.message).split('\n').map((l) => `  │ ${l}`), ''] // prettier-ignore
+      ? [
+          '',
+          'Message from your administrator:',
+          ...terminalSafe(t.message)
+            .split('\n')
+            .map((l) => `  │ ${l}`),
+          '',
+        ]
       : []),
-    ...(req.deadline ? [`Deadline: ${formatWhen(req.deadline)}.`] : []),
     ...t.facts.map(terminalSafe),
     terminalSafe(t.noAnswer),
     '',
@@ -153,7 +159,10 @@ export async function promptNotification(
         (d) => ({ name: d.label, value: d.ms as number | 'max' }),
       );
       if (limit !== undefined)
-        options.push({ name: `As late as allowed (${formatWhen(view.laterLimit!)})`, value: 'max' }); // prettier-ignore
+        options.push({
+          name: `As late as allowed (${formatWhen(view.laterLimit!)})`,
+          value: 'max',
+        });
       const v = await countdownSelect({ message: 'Postpone until', status, choices: options }, ctx);
       until =
         v === 'max'
@@ -179,7 +188,9 @@ export async function promptNotification(
 
 function stillPending(root: string, pending: PendingNotificationFile): boolean {
   try {
-    return readJsonFile<PendingNotificationFile>(currentNotificationPath(root))?.token === pending.token; // prettier-ignore
+    return (
+      readJsonFile<PendingNotificationFile>(currentNotificationPath(root))?.token === pending.token
+    );
   } catch {
     return false;
   }

@@ -66,8 +66,19 @@ describe('checkAnswer', () => {
   });
 
   it('refuses a button the policy does not allow, naming the allowed ones', () => {
-    invalid(() => checkAnswer(req, { choice: 'decline' }, NOW), /"Decline" is not allowed.*"Install now", "Install later"/); // prettier-ignore
-    invalid(() => checkAnswer(request_({ buttons: { now: false, later: false, decline: true } }), { choice: 'now' }, NOW), /allowed: "Decline"/); // prettier-ignore
+    invalid(
+      () => checkAnswer(req, { choice: 'decline' }, NOW),
+      /"Decline" is not allowed.*"Install now", "Install later"/,
+    );
+    invalid(
+      () =>
+        checkAnswer(
+          request_({ buttons: { now: false, later: false, decline: true } }),
+          { choice: 'now' },
+          NOW,
+        ),
+      /allowed: "Decline"/,
+    );
   });
 
   it('refuses unknown choices, "none" from a user, and non-objects', () => {
@@ -77,7 +88,10 @@ describe('checkAnswer', () => {
     invalid(() => checkAnswer(req, null, NOW), /JSON object/);
     invalid(() => checkAnswer(req, 'now', NOW), /JSON object/);
     invalid(() => checkAnswer(req, { choice: 'now', by: 'email' }, NOW), /by must be/);
-    invalid(() => checkAnswer(req, { choice: 'now', until: at(2) }, NOW), /until goes with "later"/); // prettier-ignore
+    invalid(
+      () => checkAnswer(req, { choice: 'now', until: at(2) }, NOW),
+      /until goes with "later"/,
+    );
   });
 
   it('accepts "later" up to the limit, inclusive, and normalizes the time', () => {
@@ -106,7 +120,10 @@ describe('checkAnswer', () => {
       /allowed until 2026-11-26T18:00:00.000Z at the latest; 2026-11-26T19:00:00.000Z is later/,
     );
     invalid(() => checkAnswer(req, { choice: 'later', until: at(-1) }, NOW), /in the future/);
-    invalid(() => checkAnswer(req, { choice: 'later', until: NOW.toISOString() }, NOW), /in the future/); // prettier-ignore
+    invalid(
+      () => checkAnswer(req, { choice: 'later', until: NOW.toISOString() }, NOW),
+      /in the future/,
+    );
     invalid(() => checkAnswer(req, { choice: 'later', until: 'tomorrow' }, NOW), /ISO 8601/);
     invalid(() => checkAnswer(req, { choice: 'later', until: 12 }, NOW), /ISO 8601/);
   });
@@ -114,9 +131,16 @@ describe('checkAnswer', () => {
   it('the deadline caps "later" when it comes before laterUntilMax', () => {
     const r = request_({ deadline: at(3) });
     assert.equal(laterLimit(r), at(3));
-    invalid(() => checkAnswer(r, { choice: 'later', until: at(4) }, NOW), /until .*T13:00:00.000Z at the latest/); // prettier-ignore
+    invalid(
+      () => checkAnswer(r, { choice: 'later', until: at(4) }, NOW),
+      /until .*T13:00:00.000Z at the latest/,
+    );
     assert.equal(laterLimit(request_({ laterUntilMax: undefined })), undefined);
-    const free = checkAnswer(request_({ laterUntilMax: undefined }), { choice: 'later', until: at(100) }, NOW); // prettier-ignore
+    const free = checkAnswer(
+      request_({ laterUntilMax: undefined }),
+      { choice: 'later', until: at(100) },
+      NOW,
+    );
     assert.equal(free.choice, 'later');
   });
 });
@@ -147,7 +171,10 @@ describe('texts', () => {
   });
 
   it('says what happens, for each kind and default', () => {
-    const t = notificationText(request_({ kind: 'pre', startsAt: at(2), deadline: at(24) }), (iso) => iso); // prettier-ignore
+    const t = notificationText(
+      request_({ kind: 'pre', startsAt: at(2), deadline: at(24) }),
+      (iso) => iso,
+    );
     assert.match(
       t.intro,
       /re-imaged with Debian desktop 2.0, starting at 2026-11-26T12:00:00.000Z/,
@@ -161,7 +188,10 @@ describe('texts', () => {
   });
 
   it('escapes the administrator message on the page and strips control codes for the terminal', () => {
-    assert.equal(escapeHtml(`<a href="x" onclick='y'>&</a>`), '&lt;a href=&quot;x&quot; onclick=&#39;y&#39;&gt;&amp;&lt;/a&gt;'); // prettier-ignore
+    assert.equal(
+      escapeHtml(`<a href="x" onclick='y'>&</a>`),
+      '&lt;a href=&quot;x&quot; onclick=&#39;y&#39;&gt;&amp;&lt;/a&gt;',
+    );
     const req = request_({ message: '<script>alert(1)</script><img src=x onerror=alert(2)>' });
     const html = renderNotificationPage({
       req,
@@ -171,7 +201,9 @@ describe('texts', () => {
       laterLimit: laterLimit(req),
       text: notificationText(req),
     });
-    assert.ok(html.includes('&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;')); // prettier-ignore
+    assert.ok(
+      html.includes('&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;'),
+    );
     assert.equal(html.match(/<script/g)?.length, 1, 'only the page script');
     assert.match(html, /<script nonce="n0nce">/);
     assert.doesNotMatch(html, /data-choice="decline"/, 'no Decline button when not allowed');
@@ -204,7 +236,10 @@ describe('askUser over loopback', () => {
 
   it('announces itself in current.json (0600), refuses bad answers, counts the first good one, and cleans up', async () => {
     const r = root();
-    const asked = askUser(request_({ countdownEndsAt: soon(3_600_000), laterUntilMax: soon(7_200_000) }), { root: r }); // prettier-ignore
+    const asked = askUser(
+      request_({ countdownEndsAt: soon(3_600_000), laterUntilMax: soon(7_200_000) }),
+      { root: r },
+    );
     const pending = await waitForNotification(r);
     const file = currentNotificationPath(r);
     assert.equal(statSync(file).mode & 0o777, 0o600);
@@ -223,14 +258,29 @@ describe('askUser over loopback', () => {
     const disallowed = await post({ token: pending.token, choice: 'decline' });
     assert.equal(disallowed.status, 400);
     assert.equal(JSON.parse(disallowed.body).error.code, 'NOTIFICATION_ANSWER_INVALID');
-    const tooLate = await post({ token: pending.token, choice: 'later', until: soon(3 * 3_600_000) }); // prettier-ignore
+    const tooLate = await post({
+      token: pending.token,
+      choice: 'later',
+      until: soon(3 * 3_600_000),
+    });
     assert.equal(tooLate.status, 400);
     assert.match(JSON.parse(tooLate.body).error.message, /at the latest/);
     // Another web origin (a page elsewhere posting to loopback), or another host name (DNS rebinding).
-    assert.equal((await post({ token: pending.token, choice: 'now' }, { origin: 'http://evil.example' })).status, 403); // prettier-ignore
-    assert.equal((await post({ token: pending.token, choice: 'now' }, { host: 'evil.example' })).status, 421); // prettier-ignore
+    assert.equal(
+      (await post({ token: pending.token, choice: 'now' }, { origin: 'http://evil.example' }))
+        .status,
+      403,
+    );
+    assert.equal(
+      (await post({ token: pending.token, choice: 'now' }, { host: 'evil.example' })).status,
+      421,
+    );
     // A form post (no JSON content type) is refused.
-    const form = await raw(answerUrl, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: JSON.stringify({ token: pending.token, choice: 'now' }) }); // prettier-ignore
+    const form = await raw(answerUrl, {
+      method: 'POST',
+      headers: { 'content-type': 'text/plain' },
+      body: JSON.stringify({ token: pending.token, choice: 'now' }),
+    });
     assert.equal(form.status, 400);
     assert.ok(existsSync(file), 'still pending after refused answers');
 
@@ -260,18 +310,27 @@ describe('askUser over loopback', () => {
     const r = root();
     const got = await askUser(request_({ countdownEndsAt: soon(300) }), { root: r });
     assert.equal(got.choice, 'none');
-    assert.throws(() => readPendingNotification(r), (e: unknown) => isReimageError(e, 'NOTIFICATION_NOT_PENDING')); // prettier-ignore
+    assert.throws(
+      () => readPendingNotification(r),
+      (e: unknown) => isReimageError(e, 'NOTIFICATION_NOT_PENDING'),
+    );
   });
 
   it('a countdown already over is "none" at once', async () => {
-    const got = await askUser(request_({ countdownEndsAt: at(1) }), { root: root(), now: () => new Date(at(2)) }); // prettier-ignore
+    const got = await askUser(request_({ countdownEndsAt: at(1) }), {
+      root: root(),
+      now: () => new Date(at(2)),
+    });
     assert.deepEqual(got, { choice: 'none', at: at(2) });
   });
 
   it('rejects with the abort reason and removes current.json', async () => {
     const r = root();
     const ac = new AbortController();
-    const asked = askUser(request_({ countdownEndsAt: soon(3_600_000) }), { root: r, signal: ac.signal }); // prettier-ignore
+    const asked = askUser(request_({ countdownEndsAt: soon(3_600_000) }), {
+      root: r,
+      signal: ac.signal,
+    });
     const pending = await waitForNotification(r);
     const reason = new Error('deployment cancelled');
     ac.abort(reason);
