@@ -233,6 +233,9 @@ export const askUser: AskUser = async (req, o) => {
       const answer = checkAnswer(req, body, now());
       // Counted from here: a second answer arriving while this response is written is refused.
       answered = answer;
+      // Settles once the response is out, or when its connection closes first (a page closed
+      // mid-answer): the answer counts either way.
+      res.once('close', () => finish({ answer }));
       sendJson(res, 200, { answer, text: answerText(answer) }, () => finish({ answer }));
       return;
     }
