@@ -263,6 +263,26 @@ export const errorCodes = {
     exit: 1,
     help: "A file of the agent's kept area (`/.reimage`: journal, plan, identity) cannot be read as written. The message names it; the deployment stops there rather than guess.",
   },
+  NOTIFICATION_NOT_PENDING: {
+    exit: 1,
+    http: 404,
+    help: 'No notification is waiting for an answer on this machine (none was shown, or it was already answered or timed out). See docs/notification.md.',
+  },
+  NOTIFICATION_TOKEN_INVALID: {
+    exit: 1,
+    http: 403,
+    help: "The notification's token is missing or wrong (or the request came from another web origin). Use the address in /.reimage/notify/current.json, or `reimage agent prompt`.",
+  },
+  NOTIFICATION_ANSWER_INVALID: {
+    exit: 2,
+    http: 400,
+    help: 'The answer is not one the notification allows: a button the administrator did not allow, or "later" past the latest time allowed. The message says which; nothing was recorded and the question is still open.',
+  },
+  NOTIFICATION_ALREADY_ANSWERED: {
+    exit: 1,
+    http: 409,
+    help: 'The notification was already answered (only the first answer counts, from the web page or the terminal).',
+  },
   DP_WRITE_FAILED: {
     exit: 1,
     help: 'Writing to a distribution point failed (`details.dp`): the WebDAV server refused a request, or smbclient reported an error. Check the address, the credentials and the free space there, then distribute again: what arrived is kept.',
