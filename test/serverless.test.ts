@@ -29,7 +29,7 @@ import { openRemote } from '../src/content/remote.js';
 import { ContentStore } from '../src/content/store.js';
 import type { ReimageError } from '../src/errors.js';
 import { publishAdvertisement, type Publication } from '../src/cli/serverless.js';
-import { reimageAsync } from './cli.js';
+import { reimage, reimageAsync } from './cli.js';
 import {
   addImage,
   createAdvertisement,
@@ -208,7 +208,11 @@ forEachDatabase('serverless', (get) => {
     child.stdout!.on('data', (c: Buffer) => (stdout += c.toString()));
     child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
     const status = await new Promise<number | null>((resolve) => child.on('exit', resolve));
-    const r = { status, stderr, json: JSON.parse(stdout || '{}') as { published: { allMachines: boolean } } };
+    const r = {
+      status,
+      stderr,
+      json: JSON.parse(stdout || '{}') as { published: { allMachines: boolean } },
+    };
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.json.published.allMachines, true);
     const { policy } = await policyOf(cliPub, { guid: randomUUID(), name: 'anyone' });
@@ -216,6 +220,18 @@ forEachDatabase('serverless', (get) => {
       policy.advertisements.map((a) => a.name),
       ['srvless-ad'],
     );
+
+    // Unpublishing needs only the folder and the key.
+    const u = reimage(
+      ['advertisement', 'unpublish', 'srvless-ad', '--to', cliPub, '--key', admin.privateFile],
+      { env },
+    );
+    assert.equal(u.status, 0, u.stderr);
+    const after = await policyOf(cliPub, { guid: randomUUID(), name: 'anyone' });
+    assert.deepEqual(after.policy.advertisements, []);
+    assert.deepEqual(after.rejected, []);
+    const index = JSON.parse(readFileSync(join(cliPub, 'serverless/index.json'), 'utf8'));
+    assert.deepEqual(index.advertisements, []);
   });
 
   test('with the server stopped, a targeted machine reads its policy from the folder', async () => {
@@ -240,7 +256,11 @@ forEachDatabase('serverless', (get) => {
 
     // The content address is a store the image can be fetched from.
     const into = ContentStore.open(join(work, `${server.kind}-staging`), { create: true });
-    const f = await fetchImage({ sources: [openRemote(a.content[0]!.address)], imageId: image.id, into });
+    const f = await fetchImage({
+      sources: [openRemote(a.content[0]!.address)],
+      imageId: image.id,
+      into,
+    });
     assert.equal(f.badSources.length, 0);
 
     // The machine named on the command line, which never enrolled, by name.
@@ -317,18 +337,22 @@ forEachDatabase('serverless', (get) => {
       const files = readdirSync(join(drop, guid));
       // 60 batches and one resent: 61 whole files, no temporary file left.
       assert.equal(files.length, 61, files.join(' '));
-      assert.ok(files.every((f) => /^\d+-\d+-[0-9a-f]{16}\.json$/.test(f)), files.join(' '));
-      const seqs = files.flatMap(
-        (f) =>
-          (JSON.parse(readFileSync(join(drop, guid, f), 'utf8')) as { messages: { seq: number }[] })
-            .messages.map((m) => m.seq),
+      assert.ok(
+        files.every((f) => /^\d+-\d+-[0-9a-f]{16}\.json$/.test(f)),
+        files.join(' '),
+      );
+      const seqs = files.flatMap((f) =>
+        (
+          JSON.parse(readFileSync(join(drop, guid, f), 'utf8')) as { messages: { seq: number }[] }
+        ).messages.map((m) => m.seq),
       );
       assert.equal(new Set(seqs).size, 600);
     }
     // The sender used in-process, as the agent's outbox does.
-    await dropFolderSender(drop, pc1.id)([
-      { seq: 601, id: 1002, time: '2026-01-01T01:00:00Z', advertisementId: ad.id },
-    ]);
+    await dropFolderSender(
+      drop,
+      pc1.id,
+    )([{ seq: 601, id: 1002, time: '2026-01-01T01:00:00Z', advertisementId: ad.id }]);
   });
 
   test('a server started again imports the drop into the timelines, once', async () => {
@@ -380,19 +404,38 @@ forEachDatabase('serverless', (get) => {
     assert.deepEqual(lab.body.tags, ['serverless']);
     assert.equal((await timeline(lab7)).length, 600);
 
-    // The same drop imported twice: the files put back, imported again, nothing added.
+    // The same drop imported twice (by the CLI this time): the files put back, nothing added.
     for (const guid of [pc1.id, lab7])
       for (const f of readdirSync(join(drop, '.imported', guid)))
         renameSync(join(drop, '.imported', guid, f), join(drop, guid, f));
-    const again = await server.call<{ files: number; accepted: number; duplicates: number }>(
-      'POST',
-      '/api/v1/status/import',
-      { body: { folder: drop } },
+    await server.app.listen({ host: '127.0.0.1', port: 0 });
+    const addr = server.app.server.address() as { port: number };
+    const child = reimageAsync(
+      [
+        'status',
+        'import',
+        drop,
+        '--server',
+        `http://127.0.0.1:${addr.port}`,
+        '--token',
+        server.tokens.admin,
+        '--json',
+      ],
+      { env: { PATH: process.env.PATH ?? '', HOME: work, XDG_CONFIG_HOME: work } },
     );
-    expectStatus(again, 200, 'import again');
-    assert.equal(again.body.files, 123);
-    assert.equal(again.body.accepted, 0);
-    assert.equal(again.body.duplicates, 1221);
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+    assert.equal(await new Promise((resolve) => child.on('exit', resolve)), 0, stderr);
+    const again = (
+      JSON.parse(stdout) as {
+        imported: { files: number; accepted: number; duplicates: number };
+      }
+    ).imported;
+    assert.equal(again.files, 123);
+    assert.equal(again.accepted, 0);
+    assert.equal(again.duplicates, 1221);
     assert.deepEqual(await timeline(pc1.id), first);
 
     const operator = await server.call('POST', '/api/v1/status/import', {

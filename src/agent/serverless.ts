@@ -135,7 +135,8 @@ export function checkPublished(
   }
   if (sig.algorithm !== 'ed25519' || typeof sig.value !== 'string')
     throw bad('its signature file is not an ed25519 signature');
-  if (sig.keyId !== want) throw bad(`it is signed by key ${sig.keyId}, not the trusted key ${want}`);
+  if (sig.keyId !== want)
+    throw bad(`it is signed by key ${sig.keyId}, not the trusted key ${want}`);
   if (!verify(null, signedStatement(kind, bytes), trusted, Buffer.from(sig.value, 'base64')))
     throw bad('the signature does not verify: the file was altered after it was signed');
 }
@@ -226,7 +227,8 @@ export async function readServerlessPolicy(
 ): Promise<MachinePolicy> {
   const trusted = loadPublicKey(cfg.publicKey, 'the serverless public key');
   const report =
-    opts.onRejected ?? ((e: ReimageError) => process.stderr.write(`reimage: ${e.code}: ${e.message}\n`));
+    opts.onRejected ??
+    ((e: ReimageError) => process.stderr.write(`reimage: ${e.code}: ${e.message}\n`));
   const remote = openRemote(cfg.location, { retries: 2, retryForMs: 30_000 });
   const read = async (rel: string): Promise<Buffer | undefined> => {
     try {
@@ -254,7 +256,13 @@ export async function readServerlessPolicy(
     names = [];
     if (index !== undefined) {
       try {
-        checkPublished('index', index, await read(INDEX_FILE + SIGNATURE_SUFFIX), trusted, INDEX_FILE);
+        checkPublished(
+          'index',
+          index,
+          await read(INDEX_FILE + SIGNATURE_SUFFIX),
+          trusted,
+          INDEX_FILE,
+        );
         let doc: Partial<PublishedIndex> = {};
         try {
           doc = JSON.parse(index.toString('utf8')) as Partial<PublishedIndex>;

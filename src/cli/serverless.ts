@@ -14,6 +14,7 @@ import {
   readdirSync,
   readFileSync,
   renameSync,
+  rmSync,
   writeSync,
 } from 'node:fs';
 import { randomBytes, type KeyObject } from 'node:crypto';
@@ -107,12 +108,17 @@ function writeAtomic(path: string, data: Buffer): void {
 /** The document as it is signed: the bytes on the share are exactly these. */
 export function publishedDocument(o: PublishOptions): Buffer {
   const p = o.publication;
-  const targets: PublishedTarget[] = p.members.map((m) => ({ id: m.id, name: m.name, wave: m.wave }));
+  const targets: PublishedTarget[] = p.members.map((m) => ({
+    id: m.id,
+    name: m.name,
+    wave: m.wave,
+  }));
   for (const t of o.machines ?? []) {
     const known = targets.some((x) =>
       GUID.test(t) ? x.id === t.toLowerCase() : x.id === undefined && x.name === t,
     );
-    if (!known) targets.push(GUID.test(t) ? { id: t.toLowerCase(), wave: 1 } : { name: t, wave: 1 });
+    if (!known)
+      targets.push(GUID.test(t) ? { id: t.toLowerCase(), wave: 1 } : { name: t, wave: 1 });
   }
   const doc: PublishedAdvertisement = {
     format: ADVERTISEMENT_FORMAT,
@@ -188,6 +194,21 @@ export async function publishAdvertisement(o: PublishOptions): Promise<PublishRe
   };
 }
 
+/** Removes a published advertisement (document, then signature) and rewrites the index; false when it was not there. */
+export function unpublishAdvertisement(to: string, name: string, key: KeyObject): boolean {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(name))
+    throw new ReimageError(
+      'INVALID_ARGUMENT',
+      `${JSON.stringify(name)} is not an advertisement name`,
+    );
+  const doc = join(resolve(to), ADVERTISEMENTS_DIR, `${name}.json`);
+  const was = existsSync(doc);
+  rmSync(doc, { force: true });
+  rmSync(doc + SIGNATURE_SUFFIX, { force: true });
+  writeIndex(resolve(to), key);
+  return was;
+}
+
 /** Rewrites the signed index from the advertisements in the folder (web servers cannot be listed). */
 export function writeIndex(to: string, key: KeyObject, now?: () => Date): void {
   let names: string[] = [];
@@ -250,13 +271,19 @@ export function registerServerlessCommands(
     (c) =>
       c
         .requiredOption('--to <dir>', 'the folder to publish to (a share, or a web server root)')
-        .requiredOption('--key <file>', 'the Ed25519 private key to sign with (`reimage key create`)')
+        .requiredOption(
+          '--key <file>',
+          'the Ed25519 private key to sign with (`reimage key create`)',
+        )
         .option(
           '--from <store>',
           "where to copy the image from: the server's library folder, a DP folder or http(s) URL (default: the DPs that hold the package); repeatable",
           collect,
         )
-        .option('--all-machines', 'for every machine that reads the folder, not only the collection')
+        .option(
+          '--all-machines',
+          'for every machine that reads the folder, not only the collection',
+        )
         .option('--machine <guid-or-name>', 'also for this machine; repeatable', collect),
     async (api, r, o) => {
       if (!existsSync(o.key))
@@ -268,7 +295,11 @@ export function registerServerlessCommands(
       );
       const from: Array<string | RemoteStore> = o.from?.length
         ? o.from.map((f) =>
-            /^https?:\/\//i.test(f) ? openRemote(f) : existsSync(join(f, 'reimage-store.json')) ? f : openRemote(f),
+            /^https?:\/\//i.test(f)
+              ? openRemote(f)
+              : existsSync(join(f, 'reimage-store.json'))
+                ? f
+                : openRemote(f),
           )
         : publication.sources.flatMap((s) => {
             try {
@@ -291,6 +322,24 @@ export function registerServerlessCommands(
       ]);
     },
   );
+
+  nouns.advertisement
+    .command('unpublish <name>')
+    .description(
+      'remove a published advertisement from a serverless folder and re-sign its index (no server needed; the content stays for `reimage store gc`)',
+    )
+    .requiredOption('--to <dir>', 'the folder it was published to')
+    .requiredOption('--key <file>', 'the Ed25519 private key that signs the index')
+    .option('--json', 'print one JSON document')
+    .action((name: string, o: { to: string; key: string; json?: boolean }) => {
+      const key = loadPrivateKey(readFileSync(o.key), o.key);
+      const removed = unpublishAdvertisement(o.to, name, key);
+      print(o, { unpublished: { name, removed } }, () =>
+        removed
+          ? `unpublished ${name} from ${resolve(o.to)}`
+          : `${name} was not published in ${resolve(o.to)}; index re-signed`,
+      );
+    });
 
   serverCommand<[string], { json?: boolean }>(
     nouns.status,

@@ -37,10 +37,9 @@ const Publication = Type.Object({
     Type.Object({ id: Type.String(), name: Type.String(), wave: Type.Integer() }),
     { description: "the collection's members now, with each one's rollout wave" },
   ),
-  sources: Type.Array(
-    Type.Object({ distributionPoint: Type.String(), address: Type.String() }),
-    { description: 'distribution points that hold the package (copy done): where to copy from' },
-  ),
+  sources: Type.Array(Type.Object({ distributionPoint: Type.String(), address: Type.String() }), {
+    description: 'distribution points that hold the package (copy done): where to copy from',
+  }),
 });
 
 /**
@@ -155,11 +154,7 @@ export function publicationRoutes(app: App): void {
       },
     },
     async (req) => {
-      const r = await importStatusDrop(
-        app.deps.catalog,
-        req.body.folder,
-        userOf(req).username,
-      );
+      const r = await importStatusDrop(app.deps.catalog, req.body.folder, userOf(req).username);
       for (const x of r.rejected)
         req.log.warn({ file: x.file, code: x.code }, `status drop file rejected: ${x.message}`);
       return r;
