@@ -4,7 +4,6 @@ import {
   mkdirSync,
   openSync,
   readdirSync,
-  readFileSync,
   renameSync,
   rmSync,
   writeSync,
@@ -416,9 +415,4 @@ export function dropFolderSender(
       closeSync(dfd);
     }
   };
-}
-
-/** Reads a drop file back (tests, troubleshooting). */
-export function readDropFile(path: string): { machineId: string; messages: OutboxEntry[] } {
-  return JSON.parse(readFileSync(path, 'utf8')) as { machineId: string; messages: OutboxEntry[] };
 }

@@ -1996,7 +1996,7 @@ export function registerAdminCommands(program: Command, ctx: AdminContext): void
   registerServerlessCommands(
     { advertisement: noun('advertisement'), status: noun('status') },
     (parent, spec, description, configure, action) =>
-      serverCommand(parent, spec, description, ctx, configure, action as never),
+      serverCommand(parent, spec, description, ctx, configure, action),
     print,
   );
 }

@@ -31,6 +31,8 @@ import {
   type PublishedTarget,
 } from '../agent/serverless.js';
 import type { PolicyAdvertisement } from '../client/agent-api.js';
+import type { ApiClient } from '../client/http.js';
+import type { ConnectionOptions } from './admin.js';
 import { openRemote, type RemoteStore } from '../content/remote.js';
 import { replicateImage, type ReplicateResult } from '../content/replicate.js';
 import { isReimageError, ReimageError } from '../errors.js';
@@ -233,7 +235,7 @@ export function writeIndex(to: string, key: KeyObject, now?: () => Date): void {
 }
 
 /** Options of the two commands (connection flags come from admin.ts). */
-interface PublishFlags {
+interface PublishFlags extends ConnectionOptions {
   to: string;
   key: string;
   from?: string[];
@@ -242,15 +244,13 @@ interface PublishFlags {
   json?: boolean;
 }
 
-type ServerAction = <A extends unknown[], O>(
+/** admin.ts's command builder: connection flags, `--json`, and a connected client for the action. */
+export type ServerCommandBuilder = <A extends unknown[], O extends ConnectionOptions>(
   parent: Command,
   spec: string,
   description: string,
   configure: (cmd: Command) => Command,
-  action: (
-    api: { request<T>(m: string, p: string, o?: { body?: unknown }): Promise<T> },
-    ...args: [...A, O]
-  ) => Promise<void>,
+  action: (api: ApiClient, ...args: [...A, O]) => Promise<void>,
 ) => Command;
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -261,7 +261,7 @@ const collect = (v: string, prev: string[] = []) => [...prev, v];
  */
 export function registerServerlessCommands(
   nouns: { advertisement: Command; status: Command },
-  serverCommand: ServerAction,
+  serverCommand: ServerCommandBuilder,
   print: (o: { json?: boolean }, doc: unknown, text: () => string | string[]) => void,
 ): void {
   serverCommand<[string], PublishFlags>(
@@ -341,7 +341,7 @@ export function registerServerlessCommands(
       );
     });
 
-  serverCommand<[string], { json?: boolean }>(
+  serverCommand<[string], ConnectionOptions>(
     nouns.status,
     'import <folder>',
     'import the status files serverless machines dropped in a folder the server can read (admins)',
@@ -353,7 +353,7 @@ export function registerServerlessCommands(
         duplicates: number;
         machinesCreated: string[];
         rejected: Array<{ file: string; code: string; message: string }>;
-      }>('POST', '/api/v1/status/import', { body: { folder } });
+      }>('POST', '/api/v1/status/import', { body: { folder: resolve(folder) } });
       print(o, { imported: r }, () => [
         `imported ${r.files} file(s): ${r.accepted} new message(s), ${r.duplicates} already there; ${r.machinesCreated.length} machine(s) recorded`,
         ...r.rejected.map((x) => `  rejected ${x.file}: ${x.code}: ${x.message}`),

@@ -1,5 +1,5 @@
 import { mkdirSync, readdirSync, readFileSync, renameSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import type { Catalog } from '../catalog/catalog.js';
 import { isReimageError, ReimageError } from '../errors.js';
 import { newSecret, secretHash } from './credentials.js';
@@ -141,6 +141,12 @@ export async function importStatusDrop(
   dir: string,
   actor = 'status-import',
 ): Promise<StatusImportReport> {
+  if (!isAbsolute(dir))
+    throw new ReimageError(
+      'INVALID_ARGUMENT',
+      `${dir}: give the drop folder as an absolute path on the server`,
+      { details: { folder: dir } },
+    );
   try {
     if (!statSync(dir).isDirectory()) throw new Error('not a folder');
   } catch (e) {
