@@ -10,6 +10,7 @@ import { createPrivateKey, generateKeyPairSync, randomUUID } from 'node:crypto';
 import {
   cpSync,
   existsSync,
+  mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -273,6 +274,10 @@ forEachDatabase('serverless', (get) => {
     const none = await policyOf(pub, { guid: randomUUID(), name: 'pc-2' });
     assert.deepEqual(none.policy.advertisements, []);
     assert.deepEqual(none.rejected, []);
+    // A share that is not there is an error, not an empty policy.
+    await assert.rejects(policyOf(join(work, 'not-mounted'), { guid: pc1.id, name: 'pc-1' }), {
+      code: 'DP_UNREACHABLE',
+    });
   });
 
   test('a tampered document, a missing signature or another key is never returned', async () => {
@@ -329,6 +334,16 @@ forEachDatabase('serverless', (get) => {
   });
 
   test('two processes dropping status at once never clash', async () => {
+    // A drop folder that is not there (share not mounted) is an error, not a local folder.
+    await assert.rejects(
+      dropFolderSender(
+        join(work, 'not-mounted'),
+        pc1.id,
+      )([{ seq: 1, id: 1002, time: '2026-01-01T00:00:00Z' }]),
+      { code: 'DP_UNREACHABLE' },
+    );
+    assert.ok(!existsSync(join(work, 'not-mounted')));
+    mkdirSync(drop);
     await Promise.all([
       senderProcess(drop, pc1.id, 'pc-1', 60),
       senderProcess(drop, lab7, 'lab-pc-7', 60),

@@ -1,5 +1,6 @@
 import {
   closeSync,
+  existsSync,
   fsyncSync,
   mkdirSync,
   openSync,
@@ -240,6 +241,13 @@ export async function readServerlessPolicy(
   const folder = folderOf(cfg.location);
   let names: string[];
   if (folder !== undefined) {
+    // A share that is not mounted is not "nothing published".
+    if (!existsSync(folder))
+      throw new ReimageError(
+        'DP_UNREACHABLE',
+        `the serverless location ${folder} does not exist (is the share mounted?)`,
+        { details: { location: cfg.location } },
+      );
     try {
       names = readdirSync(join(folder, ADVERTISEMENTS_DIR))
         .filter((f) => f.endsWith('.json'))
@@ -372,7 +380,8 @@ function writeDurably(path: string, data: Buffer): void {
  * first under a temporary name starting with `.` (which importers skip), then renamed, so a
  * reader never sees half a file; the random part keeps two machines, or two sends of one
  * batch, from ever writing the same name. Sending a batch again writes another file: the
- * importer keeps each (machine, seq) once.
+ * importer keeps each (machine, seq) once. The drop folder must exist (publishing makes
+ * `status/` in the published folder); the machine's subfolder is made on first use.
  */
 export function dropFolderSender(
   dropFolder: string,
@@ -397,6 +406,14 @@ export function dropFolderSender(
         ...(e.properties !== undefined ? { properties: e.properties } : {}),
       })),
     };
+    // The drop folder itself is never made here: on a share that is not mounted that would
+    // put the status on the machine's own disk, where no server ever reads it.
+    if (!existsSync(dropFolder))
+      throw new ReimageError(
+        'DP_UNREACHABLE',
+        `the drop folder ${dropFolder} does not exist (is the share mounted?); the status stays in the outbox`,
+        { details: { dropFolder } },
+      );
     mkdirSync(dir, { recursive: true });
     const random = randomBytes(8).toString('hex');
     const tmp = join(dir, `.tmp-${random}.json`);

@@ -182,6 +182,8 @@ export async function publishAdvertisement(o: PublishOptions): Promise<PublishRe
       'DISTRIBUTION_SOURCE_NOT_READY',
       `no source could provide image ${p.package.imageId}: ${failures.join('; ')}`,
     );
+  // The default drop folder: machines never make it themselves (docs/serverless.md).
+  mkdirSync(join(to, 'status'), { recursive: true });
   const rel = `${ADVERTISEMENTS_DIR}/${p.advertisement.name}.json`;
   writeAtomic(join(to, rel), bytes);
   writeAtomic(join(to, rel + SIGNATURE_SUFFIX), signPublished('advertisement', bytes, o.key));
