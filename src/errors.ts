@@ -328,6 +328,24 @@ export const errorCodes = {
     http: 409,
     help: 'The upload was committed before the library had every chunk the manifest names (`details.missing` counts them). Nothing was recorded; run the upload again to send what is missing.',
   },
+  PUBLICATION_REFUSED: {
+    exit: 1,
+    http: 409,
+    help: 'The advertisement cannot be published to a serverless location: it is disabled, or its package settings hold secrets, which never go to a share in clear text (docs/serverless.md). Enable it, or use a package without secrets.',
+  },
+  PUBLICATION_SIGNATURE_INVALID: {
+    exit: 1,
+    help: 'A published advertisement (or the index of a published folder) has no signature, or it does not verify with the public key the machine is configured with: it is ignored, never deployed. Publish it again with the right key (`reimage advertisement publish --key`).',
+  },
+  PUBLICATION_INVALID: {
+    exit: 1,
+    help: 'A file of a serverless location is malformed (not a published advertisement of a known version, or its name does not match its content). Publish it again.',
+  },
+  STATUS_DROP_INVALID: {
+    exit: 1,
+    http: 400,
+    help: 'A status file in the drop folder is malformed; the import moved it to `.rejected/` in the drop folder and went on with the others. The message names the file and what is wrong.',
+  },
   INTERNAL: {
     exit: 70,
     http: 500,
