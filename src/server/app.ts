@@ -19,6 +19,7 @@ import { authenticate, type Access } from './auth.js';
 import { registerConsole } from './console.js';
 import { ErrorBody } from './routes/common.js';
 import { registerRoutes } from './routes/index.js';
+import { LoginThrottle } from './login-throttle.js';
 import type { SecretBox } from './secret-box.js';
 import type { Clock } from '../content/window.js';
 
@@ -41,6 +42,8 @@ export interface ServerDeps {
   replicationClock?: Clock;
   /** The built web console to serve at `/` (default dist/console; `false`: none). */
   consoleDir?: string | false;
+  /** Failed-login counting (made by createServer when not given). */
+  loginThrottle?: LoginThrottle;
 }
 
 /** The server as route modules see it: fastify with TypeBox-typed schemas. */
@@ -99,6 +102,7 @@ export async function createServer(deps: ServerDeps) {
       },
     },
   }).withTypeProvider<TypeBoxTypeProvider>() as unknown as App;
+  deps.loginThrottle ??= new LoginThrottle(deps.clock ? { now: deps.clock } : {});
   app.decorate('deps', deps);
 
   await app.register(swagger, {
@@ -172,6 +176,8 @@ function replyError(err: unknown, req: FastifyRequest, reply: FastifyReply) {
   const e = toReimageError(err);
   if (e.httpStatus >= 500) req.log.error({ err }, 'request failed');
   else req.log.info({ code: e.code }, e.message);
+  const retry = (e.details as { retryAfterSeconds?: unknown } | undefined)?.retryAfterSeconds;
+  if (typeof retry === 'number') void reply.header('retry-after', String(retry));
   return reply
     .status(e.httpStatus)
     .send({ error: { code: e.code, message: e.message, details: e.details, requestId: req.id } });
