@@ -31,6 +31,7 @@ import {
   createDp,
   createEnrollmentToken,
   createPackage,
+  enrollMachine,
   expectStatus,
   registerImage,
 } from './support/fixtures.js';
@@ -285,6 +286,21 @@ describe('client daemon: enrollment and inventory', () => {
     assert.equal(statSync(join(m.root, 'etc/reimage/policy-cache.json')).mode & 0o777, 0o600);
   });
 
+  it('killed between storing the credential and the GUID: the GUID comes back from the policy', async () => {
+    const m = await labMachine();
+    rmSync(join(m.root, 'etc/reimage/enrollment-token'));
+    const enrolled = await enrollMachine(server, { name: m.name });
+    writeFileSync(join(m.root, 'etc/reimage/credential'), `${enrolled.credential}\n`, {
+      mode: 0o600,
+    });
+    await boot(m);
+    const cfg = JSON.parse(readFileSync(join(m.root, 'etc/reimage/client.json'), 'utf8')) as {
+      guid?: string;
+    };
+    assert.equal(cfg.guid, enrolled.id);
+    assert.deepEqual(ids(await timeline(m)), [1001, 1002]);
+  });
+
   it('a server that does not answer: status 1003 waits in the outbox with the retry time, and is sent once the server is back', async () => {
     const m = await labMachine();
     await boot(m);
@@ -445,6 +461,27 @@ describe('client daemon: from an advertisement to a deployment', () => {
     assert.deepEqual(ids(t), [1000, 1002, 2000, 2001, 2003, 2001, 2004]);
     assert.equal(t[4]!.properties['until'], new Date(T0 + 24 * HOUR).toISOString());
     assert.equal(t[4]!.properties['asked'], new Date(T0 + 10 * 24 * HOUR).toISOString());
+  });
+
+  it('pre-notification: told in advance (2007), no answer keeps the schedule, asked at the start', async () => {
+    const m = await labMachine();
+    await advertise(m, { options: { allowDecline: true }, policy: { preNotification: '1h' } });
+    const user = scriptedUser(
+      () => ({ choice: 'none', at: new Date(T0 + HOUR).toISOString() }),
+      decline,
+    );
+    await boot(m, { ask: user.ask });
+    assert.equal(user.asked[0]!.kind, 'pre');
+    assert.equal(user.asked[0]!.startsAt, new Date(T0 + HOUR).toISOString());
+    assert.equal(user.asked[0]!.countdownEndsAt, new Date(T0 + HOUR).toISOString());
+    await boot(m, { ask: user.ask, now: at(T0 + 30 * 60_000) });
+    assert.equal(user.asked.length, 1, 'not before the announced start');
+    await boot(m, { ask: user.ask, now: at(T0 + HOUR + 60_000) });
+    assert.equal(user.asked.length, 2);
+    assert.equal(user.asked[1]!.kind, 'start');
+    const t = await timeline(m);
+    assert.deepEqual(ids(t), [1000, 1002, 2000, 2007, 2005, 2001, 2004]);
+    assert.equal(t[4]!.properties['outcome'], 'kept as scheduled');
   });
 
   it('deadline passed: the deployment starts without asking (2009, then phase 1)', async () => {

@@ -362,7 +362,10 @@ class Daemon {
         await this.enroll(cfg, token);
         Object.assign(st, this.state()); // enrollment reported the inventory
       }
-      const c = this.connectionOrRecover();
+      const credential = this.credential();
+      const current = this.config();
+      if (credential && current && !current.guid) await this.recoverGuid(current, credential);
+      const c = this.connection();
       if (!c) return undefined;
       await this.reportInventory(st);
       policy = await c.conn.policy(this.o.signal);
@@ -408,35 +411,19 @@ class Daemon {
   }
 
   /** A credential without a GUID (killed mid-enrollment): the policy says who we are. */
-  private connectionOrRecover(): { conn: AgentConnection; guid: string } | undefined {
-    const c = this.connection();
-    if (c) return c;
-    const cfg = this.config();
-    const credential = this.credential();
-    if (!cfg?.server || !credential) return undefined;
-    // Without a GUID only the policy route is usable; it names the machine.
+  private async recoverGuid(cfg: ClientConfig, credential: string): Promise<void> {
     const conn = this.connect(cfg, credential);
-    this.conn = conn;
-    return {
-      conn: {
-        ...conn,
-        policy: async (signal) => {
-          const p = await conn.policy(signal);
-          writeFileAtomic(
-            join(this.root, CLIENT_CONFIG),
-            `${JSON.stringify({ ...this.config(), guid: p.machineId }, null, 2)}\n`,
-            0o644,
-          );
-          this.guid = p.machineId;
-          return p;
-        },
-        reportInventory: (b, s) => conn.reportInventory(b, s),
-        enroll: (b, s) => conn.enroll(b, s),
-        sendStatus: (g, m, s) => conn.sendStatus(g, m, s),
-        close: () => conn.close(),
-      },
-      guid: '',
-    };
+    try {
+      const p = await conn.policy(this.o.signal);
+      writeFileAtomic(
+        join(this.root, CLIENT_CONFIG),
+        `${JSON.stringify({ ...cfg, guid: p.machineId }, null, 2)}\n`,
+        0o644,
+      );
+      this.log(`machine GUID ${p.machineId} recovered from the policy`);
+    } finally {
+      conn.close();
+    }
   }
 
   private inventoryReport(): InventoryReport {
