@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import {
   existsSync,
   mkdirSync,
@@ -11,6 +12,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { stringify } from 'yaml';
 import { noUserInterface } from '../src/agent/ask.js';
@@ -325,6 +327,61 @@ describe('client daemon: enrollment and inventory', () => {
       failures: number;
     };
     assert.equal(after.failures, 0);
+  });
+});
+
+/** `agent run ARGS` as its own process (the agent's entry point, from dist/). */
+function agentProcess(args: string[]) {
+  const main = fileURLToPath(new URL('../src/agent/main.js', import.meta.url));
+  const child = spawn(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `import { agentMain } from ${JSON.stringify(main)}; process.exitCode = await agentMain(process.argv.slice(1));`,
+      ...args,
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.stdout.resume();
+  const exit = new Promise<number | null>((resolve) =>
+    child.once('close', (code) => resolve(code)),
+  );
+  return { child, exit, stderr: () => stderr };
+}
+
+describe('agent run (the process)', () => {
+  it('--once: enrolls, reports, polls, exits 0', async () => {
+    const m = await labMachine();
+    const p = agentProcess(['run', '--role', 'client', '--machine', m.dir, '--once']);
+    assert.equal(await p.exit, 0, p.stderr());
+    const machine = await serverMachine(m);
+    assert.equal(machine.clientVersion, 'dev');
+    assert.deepEqual(ids(await timeline(m)), [1000, 1002]);
+  });
+
+  it('without --once it polls until SIGTERM, then exits 0', async () => {
+    const m = await labMachine();
+    const p = agentProcess(['run', '--role', 'client', '--machine', m.dir]);
+    // Wait for the first cycle's last message (the policy) to reach the server.
+    for (;;) {
+      const res = await server.call<{ items: Machine[] }>('GET', '/api/v1/machines');
+      const mine = res.body.items.find((x) => x.name === m.name);
+      if (mine && (await timeline(m)).some((x) => x.messageId === 1002)) break;
+      assert.equal(p.child.exitCode, null, `the agent ended early: ${p.stderr()}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    p.child.kill('SIGTERM');
+    assert.equal(await p.exit, 0, p.stderr());
+    assert.match(p.stderr(), /SIGTERM: stopping/);
+  });
+
+  it('bad arguments: usage, exit 2', async () => {
+    const p = agentProcess(['run', '--role', 'server', '--machine', base]);
+    assert.equal(await p.exit, 2);
+    assert.match(p.stderr(), /usage: agent run --role client\|pe/);
   });
 });
 
