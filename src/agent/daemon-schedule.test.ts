@@ -135,7 +135,7 @@ describe('decide: one advertisement at one time', () => {
         'start deadline',
       ],
       [
-        'consented on the advance notice: start at the announced time without asking',
+        '"install now" on the advance notice: start now, without asking again',
         ad({ ep: { preNotification: '1h' } }),
         rec({
           preNotified: { at: iso(T0), startsAt: iso(T0 + H) },

@@ -124,7 +124,8 @@ export function decide(ad: PolicyAdvertisement, rec: AdRecord, c: DecideContext)
     rec.postponedUntil ? Date.parse(rec.postponedUntil) : -Infinity,
     rec.preNotified && !rec.consentedAt ? Date.parse(rec.preNotified.startsAt) : -Infinity,
   );
-  if (p.deadline !== undefined) startAt = Math.min(startAt, p.deadline);
+  // The deadline ends a postponement — except with permission required, where it changes nothing.
+  if (p.deadline !== undefined && !p.requireUserPermission) startAt = Math.min(startAt, p.deadline);
   if (startAt > now) return { do: 'wait', why: 'postponed', until: startAt };
   if (opensAt !== undefined) return { do: 'wait', why: 'maintenance-window', until: opensAt };
   if (rec.consentedAt) return { do: 'start', why: 'consented' };

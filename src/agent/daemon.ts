@@ -523,6 +523,7 @@ class Daemon {
       return undefined;
     }
     // An answer changes the record: decide again (at most a few times per cycle).
+    const askedKinds = new Set<string>();
     for (let round = 0; round < 4; round++) {
       const now = this.t();
       const applied = appliedImageId(this.root);
@@ -562,6 +563,9 @@ class Daemon {
           return undefined;
         case 'ask': {
           const req = d.request;
+          // One question of each kind per cycle at most: the next comes with the next poll.
+          if (askedKinds.has(req.kind)) return undefined;
+          askedKinds.add(req.kind);
           rec.notifications += 1;
           this.saveRecord(rec);
           const n = rec.notifications;
