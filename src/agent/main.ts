@@ -60,6 +60,8 @@ async function run(argv: string[]): Promise<number> {
   }
   // Loaded here, so that `--version` needs none of the engine's modules.
   const { runAgent } = await import('./daemon.js');
+  // The user is asked on a loopback web page and by `reimage agent prompt` (docs/notification.md).
+  const { askUser } = await import('./notify.js');
   const { labPlatform } = await import('./platform.js');
   const platform = labPlatform(values.machine);
   const log = (line: string) =>
@@ -75,6 +77,7 @@ async function run(argv: string[]): Promise<number> {
       platform,
       role,
       once: values.once,
+      ask: askUser,
       signal: stop.signal,
       log,
     });
