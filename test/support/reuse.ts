@@ -136,7 +136,11 @@ export function reusableFiles(tree: string, old: string): string[] {
   return out.sort();
 }
 
-/** The independent listing of a machine's OS paths (the kept state store left out). */
+/**
+ * The independent listing of a machine's OS paths (the kept state store left out, and the
+ * times of /var and /var/lib: phase 1 creates the state store in /var/lib, and the swap enters
+ * the folders that hold a kept path — their times are not the old OS's content).
+ */
 export function osListing(root: string): string[] {
   return independentListing(root, {
     ignoreRoot: true,
@@ -146,7 +150,7 @@ export function osListing(root: string): string[] {
       const top = r.split('/')[0]!;
       return !osTop.includes(top) || r === 'var/lib/reimage' || r.startsWith('var/lib/reimage/');
     },
-  });
+  }).map((l) => (/^"var(\/lib)?" type=d /.test(l) ? l.replace(/ mtime=\S+/, '') : l));
 }
 
 class Reboot extends Error {}
