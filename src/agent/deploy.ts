@@ -583,15 +583,20 @@ class Engine {
 
   private async unshareReused(): Promise<void> {
     const r = this.reusedFiles();
-    if (!r) return;
-    const got = await unshareReused({
-      store: this.staging(),
-      image: r.image,
-      root: this.root,
-      aside: this.p.rollback,
-      entries: r.entries,
-    });
-    this.log(`cleanup: ${got.unshared} reused files copied in the kept old OS`);
+    // No staged content: a cleanup re-run after a kill, which unshared before it deleted it.
+    if (!r || !existsSync(this.p.staging)) return;
+    try {
+      const got = await unshareReused({
+        store: this.staging(),
+        image: r.image,
+        root: this.root,
+        aside: this.p.rollback,
+        entries: r.entries,
+      });
+      this.log(`cleanup: ${got.unshared} reused files copied in the kept old OS`);
+    } catch (e) {
+      this.log(`cleanup: the kept old OS still shares reused files: ${errorMessage(e)}`);
+    }
   }
 
   private async finish(outcome: DeploymentOutcome): Promise<DeploymentOutcome> {
