@@ -101,6 +101,7 @@ export const statusMessages: Readonly<Record<number, StatusMessageDef>> = {
   ),
   9000: m('client', 'none', 'error', 'Step {step} failed: {code}: {message}'),
   9001: m('client', 'none', 'error', 'Content verification failed: {what}.'),
+  9002: m('client', 'none', 'error', 'Published advertisement {name} refused: {code}.'),
 };
 
 /** The message's definition, or undefined for an id the catalog does not have. */

@@ -5,7 +5,7 @@ import type { AdvertisementPolicy, DeploymentSettings } from '../../package/sche
 import type { App } from '../app.js';
 import { userOf } from '../auth.js';
 import { Membership } from '../membership.js';
-import { waveOf } from '../policy.js';
+import { imageOf, Policy, resolvePe, waveOf } from '../policy.js';
 import { importStatusDrop } from '../status-import.js';
 import type { Schedule } from './advertisements.js';
 import { RefParams, responses } from './common.js';
@@ -28,6 +28,8 @@ const Publication = Type.Object({
     imageId: Type.String(),
     definition: Type.Unknown(),
   }),
+  image: Policy.properties.advertisements.items.properties.image,
+  pe: Policy.properties.advertisements.items.properties.pe,
   packageDocument: Type.Unknown({
     description: 'the package file as distribution points hold it (no secrets)',
   }),
@@ -84,6 +86,8 @@ export function publicationRoutes(app: App): void {
       const members = membership.members(collection);
       const ids = members.map((m) => m.id);
       const schedule = ad.schedule as Schedule;
+      // The image record and the PE exactly as the machine's policy would send them.
+      const images = await catalog.listImages();
       const dps = new Map((await catalog.listDps()).map((d) => [d.id, d]));
       const sources = (await catalog.listDistributions({ packageId: pkg.id, states: ['done'] }))
         .map((d) => dps.get(d.dpId))
@@ -106,6 +110,8 @@ export function publicationRoutes(app: App): void {
           imageId: pkg.imageId,
           definition: pkg.definition,
         },
+        image: imageOf(images.find((i) => i.id === pkg.imageId)),
+        pe: resolvePe(images, pkg.definition),
         packageDocument: packageDocument(pkg),
         settings: pkg.settings,
         effectivePolicy: effectivePolicy(
