@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
 import { ReimageError } from '../../errors.js';
-import { statusMessage } from '../../status/messages.js';
+import { stateOf, statusMessage } from '../../status/messages.js';
 import type { App } from '../app.js';
 import { machineOf } from '../auth.js';
 import { newSecret, secretHash } from '../credentials.js';
@@ -9,6 +9,7 @@ import { siteByBoundary } from '../site.js';
 import { responses } from './common.js';
 import { Inventory, MachineSchema } from './machines.js';
 import { machinePolicy, Policy } from '../policy.js';
+import { statusService } from '../status-service.js';
 
 const ImageId = Type.String({
   pattern: '^[0-9a-f]{64}$',
@@ -212,6 +213,11 @@ export function clientRoutes(app: App): void {
             `Status message id ${s.id} (messages/${i}) is not in the catalog.`,
             { details: { id: s.id, index: i } },
           );
+        if (def.component === 'server')
+          problems.push({
+            path: `body/messages/${i}/id`,
+            message: `message ${s.id} is the server's own; a machine cannot post it`,
+          });
         if (seen.has(s.seq))
           problems.push({
             path: `body/messages/${i}/seq`,
@@ -219,7 +225,8 @@ export function clientRoutes(app: App): void {
           });
         seen.add(s.seq);
         const properties = redactProperties(s.properties ?? {});
-        if (JSON.stringify(properties).length > MAX_PROPERTIES_BYTES)
+        const propertiesJson = JSON.stringify(properties);
+        if (propertiesJson.length > MAX_PROPERTIES_BYTES)
           problems.push({
             path: `body/messages/${i}/properties`,
             message: `larger than ${MAX_PROPERTIES_BYTES} bytes`,
@@ -234,6 +241,8 @@ export function clientRoutes(app: App): void {
           // One form (UTC) so that timelines sort as text in both databases.
           time: new Date(s.time).toISOString(),
           properties,
+          propertiesJson,
+          state: stateOf(def),
         };
       });
       if (problems.length > 0)
@@ -242,11 +251,9 @@ export function clientRoutes(app: App): void {
           `The status batch is not valid: ${problems.map((p) => `${p.path}: ${p.message}`).join('; ')}`,
           { details: { problems } },
         );
-      return app.deps.catalog.transaction(async (tx) => {
-        const r = await tx.ingestStatus(m.id, messages);
-        await tx.touchMachine(m.id);
-        return r;
-      });
+      // One transaction stores the batch and updates the summaries' tables (docs/status.md).
+      const r = await statusService(app.deps).ingest(m, messages);
+      return { accepted: r.accepted, duplicates: r.duplicates };
     },
   );
 }
