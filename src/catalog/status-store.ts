@@ -89,6 +89,15 @@ const DS_COLUMNS = [
   'image',
 ] as const;
 
+interface Pending {
+  machineId: string;
+  messages: IngestMessage[];
+  attributes: MachineAttributes;
+  receivedAt: string;
+  resolve: (r: IngestResult) => void;
+  reject: (e: unknown) => void;
+}
+
 interface Bucket {
   advertisementId: string;
   bucket: string;
@@ -114,6 +123,8 @@ export class StatusStore {
   private readonly db: Kysely<Tables>;
   private readonly sqlite?: Database.Database;
   private prepared?: ReturnType<StatusStore['prepare']>;
+  /** SQLite: batches waiting for the next group commit. */
+  private queue: Pending[] = [];
 
   constructor(
     catalogDb: CatalogDb,
@@ -134,18 +145,11 @@ export class StatusStore {
   ): Promise<IngestResult> {
     if (messages.length === 0) return { accepted: 0, duplicates: 0, stored: [], changes: [] };
     const receivedAt = isoNow(this.clock);
-    if (this.sqlite) {
-      const sqlite = this.sqlite;
-      // Kysely's SQLite driver has one connection behind a mutex: holding it keeps every other
-      // query (and transaction) out while the synchronous transaction below runs.
-      return this.db
-        .connection()
-        .execute(async () =>
-          sqlite.transaction(() =>
-            this.ingestSqlite(machineId, messages, attributes, receivedAt),
-          )(),
-        );
-    }
+    if (this.sqlite)
+      return new Promise((resolve, reject) => {
+        this.queue.push({ machineId, messages, attributes, receivedAt, resolve, reject });
+        if (this.queue.length === 1) setImmediate(() => void this.flush());
+      });
     return this.db.transaction().execute(async (trx) => {
       // One batch of a machine at a time: the derived rows are read, then written.
       await trx
@@ -233,6 +237,38 @@ export class StatusStore {
         .execute();
       return result(messages.length, stored, plan.changes);
     });
+  }
+
+  /**
+   * SQLite group commit: the batches that arrived since the last commit are written in one
+   * transaction (one fsync), each in its own savepoint, so one batch's failure undoes only
+   * that batch. Every batch is acknowledged only after the commit that holds it.
+   */
+  private async flush(): Promise<void> {
+    const pending = this.queue;
+    this.queue = [];
+    const sqlite = this.sqlite!;
+    try {
+      // Kysely's SQLite driver has one connection behind a mutex: holding it keeps every
+      // other query (and transaction) out while the synchronous transaction below runs.
+      const outcomes = await this.db.connection().execute(async () => {
+        const one = sqlite.transaction((p: Pending) =>
+          this.ingestSqlite(p.machineId, p.messages, p.attributes, p.receivedAt),
+        );
+        return sqlite.transaction(() =>
+          pending.map((p) => {
+            try {
+              return { ok: one(p) as IngestResult, error: undefined };
+            } catch (error) {
+              return { ok: undefined, error };
+            }
+          }),
+        )();
+      });
+      outcomes.forEach((o, i) => (o.ok ? pending[i]!.resolve(o.ok) : pending[i]!.reject(o.error)));
+    } catch (e) {
+      for (const p of pending) p.reject(e);
+    }
   }
 
   private async imagesOf(db: Kysely<Tables>, ads: string[]): Promise<Map<string, string>> {
@@ -353,6 +389,12 @@ export class StatusStore {
     if (advertisementId) q = q.where('advertisement_id', '=', advertisementId);
     const rows = await q.execute();
     return Object.fromEntries(rows.map((r) => [r.state, num(r.n as number | string)]));
+  }
+
+  /** Every machine's last contact (machine id → ISO time or null). */
+  async lastContacts(): Promise<Map<string, string | null>> {
+    const rows = await this.db.selectFrom('machines').select(['id', 'last_contact_at']).execute();
+    return new Map(rows.map((r) => [r.id, r.last_contact_at]));
   }
 
   /** Each machine's state in an advertisement (machine id → state). */

@@ -16,6 +16,8 @@ import type { Schedule } from './routes/advertisements.js';
 
 /** A member with no status for the advertisement and no contact for this long is "not reachable". */
 export const NOT_REACHABLE_MS = 60 * 60 * 1000;
+/** How long summaries reuse a membership evaluation (a new member shows up within this). */
+export const MEMBERSHIP_TTL_MS = 5_000;
 const DEFAULT_SUCCESS_THRESHOLD = 90;
 const DEFAULT_FAILURE_THRESHOLD = 10;
 /** Trends leave out groups with fewer failures than this (one or two failures prove nothing). */
@@ -173,9 +175,25 @@ export class StatusService {
   /** Live events; listeners are the SSE streams. */
   readonly events = new EventEmitter();
   private evaluating = Promise.resolve();
+  private membershipCache?: { at: number; value: Promise<Membership> };
 
   constructor(private readonly deps: ServerDeps) {
     this.events.setMaxListeners(0);
+  }
+
+  /**
+   * Collection membership for the summaries, reused for MEMBERSHIP_TTL_MS: evaluating every
+   * rule over every machine is most of a summary's cost with thousands of machines, and a
+   * console polls. Rollout checks and resume always evaluate it afresh.
+   */
+  private membership(): Promise<Membership> {
+    const now = this.now();
+    if (!this.membershipCache || now - this.membershipCache.at > MEMBERSHIP_TTL_MS) {
+      const value = Membership.load(this.catalog, now);
+      this.membershipCache = { at: now, value };
+      value.catch(() => (this.membershipCache = undefined));
+    }
+    return this.membershipCache.value;
   }
 
   private get catalog() {
@@ -375,15 +393,16 @@ export class StatusService {
   // ---- summaries ----
 
   async advertisementSummary(ad: Advertisement, bucketMs: number) {
-    const membership = await Membership.load(this.catalog, this.now());
+    const membership = await this.membership();
     const { per, members, states } = await this.waveCounts(ad, membership);
     const counts = emptyCounts();
     for (const [, s] of states) if (s in counts) counts[s as DeploymentState]++;
     const cutoff = this.now() - NOT_REACHABLE_MS;
+    const contacts = await this.catalog.status.lastContacts();
     for (const m of members)
       if (!states.has(m.id)) {
-        const contact = m.lastContactAt ? Date.parse(m.lastContactAt) : 0;
-        if (contact < cutoff) counts.notReachable++;
+        const last = contacts.get(m.id);
+        if (!last || Date.parse(last) < cutoff) counts.notReachable++;
         else counts.waiting++;
       }
     const rollout = await this.catalog.status.rollout(ad.id);
@@ -589,15 +608,16 @@ export class StatusService {
       if (k in now) now[k as DeploymentState] = v;
     const ads = (await this.catalog.listAdvertisements()).filter((a) => a.enabled);
     if (ads.length > 0) {
-      const membership = await Membership.load(this.catalog, this.now());
+      const membership = await this.membership();
       const cutoff = this.now() - NOT_REACHABLE_MS;
+      const contacts = await this.catalog.status.lastContacts();
       for (const ad of ads) {
         const members = membership.members(await this.catalog.getCollection(ad.collectionId));
         const states = await this.catalog.status.statesOf(ad.id);
         for (const m of members)
           if (!states.has(m.id)) {
-            const contact = m.lastContactAt ? Date.parse(m.lastContactAt) : 0;
-            if (contact < cutoff) now.notReachable++;
+            const last = contacts.get(m.id);
+            if (!last || Date.parse(last) < cutoff) now.notReachable++;
             else now.waiting++;
           }
       }
