@@ -194,10 +194,13 @@ function getEndpoints(server: TestServer, w: World, refs: Record<string, string>
   for (const [path, methods] of Object.entries(doc.paths)) {
     // Client endpoints answer machines only; the policy test reads them.
     if (!('get' in methods) || path.startsWith('/api/v1/client/')) continue;
+    // The live event stream never ends; its events carry ids and sequence numbers only.
+    if (path === '/api/v1/status/events') continue;
     let url = path;
     const param = /\{(ref|id)\}/.exec(path)?.[0];
     if (param) {
-      const collection = /^\/api\/v1\/([a-z-]+)\//.exec(path)?.[1] ?? '';
+      // /api/v1/status/<collection>/{ref}/… (the summaries) name their collection second.
+      const collection = /^\/api\/v1\/(?:status\/)?([a-z-]+)\//.exec(path)?.[1] ?? '';
       const ref = refs[collection];
       assert.ok(ref, `the secrets test knows no ${collection} to read at ${path}: add one`);
       url = path.replace(param, encodeURIComponent(ref));
