@@ -7,6 +7,7 @@ import { userOf } from '../auth.js';
 import { Membership } from '../membership.js';
 import { imageOf, Policy, resolvePe, waveOf } from '../policy.js';
 import { importStatusDrop } from '../status-import.js';
+import { statusService } from '../status-service.js';
 import type { Schedule } from './advertisements.js';
 import { RefParams, responses } from './common.js';
 import { packageDocument, secretContext } from './packages.js';
@@ -160,7 +161,12 @@ export function publicationRoutes(app: App): void {
       },
     },
     async (req) => {
-      const r = await importStatusDrop(app.deps.catalog, req.body.folder, userOf(req).username);
+      const r = await importStatusDrop(
+        app.deps.catalog,
+        req.body.folder,
+        (m, messages) => statusService(app.deps).ingest(m, messages),
+        userOf(req).username,
+      );
       for (const x of r.rejected)
         req.log.warn({ file: x.file, code: x.code }, `status drop file rejected: ${x.message}`);
       return r;
