@@ -176,7 +176,22 @@ export interface Timeline {
     end: string;
     durationMs: number;
   }[];
-  state: string;
+  /**
+   * The status route's machine state (its deployments, newest last), or a state name when the
+   * timeline was derived in the browser from the plain message list.
+   */
+  state:
+    | string
+    | { deployments?: { advertisement: string | null; state: string; since?: string | null }[] };
+}
+
+/** One word for a timeline's state: its most recently changed deployment's. */
+export function timelineState(t: Timeline): string {
+  if (typeof t.state === 'string') return t.state;
+  const ds = [...(t.state?.deployments ?? [])].sort((a, b) =>
+    (a.since ?? '').localeCompare(b.since ?? ''),
+  );
+  return ds.at(-1)?.state ?? 'waiting';
 }
 
 export interface TrendGroup {

@@ -3,6 +3,7 @@ import { useGet } from '../api';
 import { Link } from '../router';
 import { useTimeline } from '../status';
 import type { List, Machine, TimelineMessage } from '../types';
+import { timelineState } from '../types';
 import {
   Bar,
   ErrorBox,
@@ -139,7 +140,9 @@ export function MachineDetail({ machineRef }: { machineRef: string }) {
         <>
           <Section title="State">
             <p aria-live="polite" id="machine-state">
-              <span className={`badge state-${timeline.state}`}>{timeline.state}</span>
+              <span className={`badge state-${timelineState(timeline)}`}>
+                {timelineState(timeline)}
+              </span>
             </p>
           </Section>
           <Section title="Errors">
