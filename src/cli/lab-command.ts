@@ -1,5 +1,12 @@
 import type { Command } from 'commander';
 import { ReimageError } from '../errors.js';
+import {
+  progressTable,
+  runDemo,
+  type AnswerNotification,
+  type DemoResult,
+  type MachineProgress,
+} from '../lab/demo.js';
 import { runFirmware } from '../lab/firmware.js';
 import { createLabMachine } from '../lab/machine.js';
 
@@ -116,4 +123,134 @@ export function registerLabCommands(program: Command): void {
         }
       },
     );
+
+  lab
+    .command('demo')
+    .description(
+      'the whole story on one computer: server, two sites with a DP behind an emulated link, lab machines, an advertised v2 image, simulated users (docs/lab.md)',
+    )
+    .option(
+      '--dir <dir>',
+      'the work folder (emptied first if it holds an earlier demo)',
+      'lab-data/demo',
+    )
+    .option('--machines <n>', 'lab machines (default 12)', wholeNumber('--machines', 1))
+    .option(
+      '--countdown <s>',
+      'notification countdown in seconds (default 20)',
+      wholeNumber('--countdown', 1),
+    )
+    .option(
+      '--timeout <s>',
+      'give up after this many seconds (default 900)',
+      wholeNumber('--timeout', 1),
+    )
+    .option(
+      '--until-done',
+      'run until every machine reached its end state, then exit (the only mode today)',
+    )
+    .option('--json', "print the machines' end states as one JSON document at the end")
+    .action(
+      async (o: {
+        dir: string;
+        machines?: number;
+        countdown?: number;
+        timeout?: number;
+        untilDone?: boolean;
+        json?: boolean;
+      }) => {
+        const ac = new AbortController();
+        const stop = () => ac.abort();
+        process.on('SIGINT', stop);
+        process.on('SIGTERM', stop);
+        const tty = !o.json && process.stdout.isTTY === true;
+        let drawn = 0;
+        const lastPhase = new Map<string, string>();
+        const progress = (rows: MachineProgress[]) => {
+          if (o.json) return;
+          if (tty) {
+            const lines = progressTable(rows, process.stdout.columns || 120);
+            process.stdout.write(
+              (drawn > 0 ? `\x1b[${drawn}A` : '') + lines.map((l) => `\x1b[2K${l}\n`).join(''),
+            );
+            drawn = lines.length;
+            return;
+          }
+          for (const r of rows) {
+            const line = `${r.phase}: ${r.lastStatus}`;
+            if (lastPhase.get(r.name) === line) continue;
+            lastPhase.set(r.name, line);
+            process.stdout.write(`${r.name} ${line}\n`);
+          }
+        };
+        try {
+          // The notification page (src/agent/notify.ts) is what a user answers through.
+          const notify = '../agent/notify.js';
+          const { answerNotification } = (await import(notify)) as {
+            answerNotification: AnswerNotification;
+          };
+          const r = await runDemo({
+            dir: o.dir,
+            machines: o.machines,
+            countdownSeconds: o.countdown,
+            timeoutMs: o.timeout === undefined ? undefined : o.timeout * 1000,
+            answer: answerNotification,
+            signal: ac.signal,
+            log: (line) => {
+              if (o.json) process.stderr.write(`${line}\n`);
+              else if (!tty || drawn === 0) process.stdout.write(`${line}\n`);
+            },
+            onProgress: progress,
+          });
+          process.stdout.write(o.json ? `${JSON.stringify(jsonResult(r), null, 2)}\n` : summary(r));
+          if (!r.ok) process.exitCode = 1;
+        } finally {
+          process.off('SIGINT', stop);
+          process.off('SIGTERM', stop);
+        }
+      },
+    );
+}
+
+/** `--json`: the issue's shape first, then the lab's details. */
+function jsonResult(r: DemoResult) {
+  return {
+    machines: r.machines.map((m) => ({
+      name: m.name,
+      endState: m.endState,
+      imageId: m.imageId,
+      clientVersion: m.clientVersion,
+      userDataIntact: m.userDataIntact,
+      statusMessages: m.statusMessages,
+      site: m.site,
+      plan: m.plan,
+      expected: m.expected,
+      userData: m.userData,
+      guid: m.guid,
+      boots: m.boots,
+    })),
+    ok: r.ok,
+    images: r.images,
+    versions: r.versions,
+    seconds: r.seconds,
+    dir: r.dir,
+  };
+}
+
+function summary(r: DemoResult): string {
+  const short = (id: string | null) =>
+    id === r.images.v2 ? 'v2' : id === r.images.v1 ? 'v1' : (id?.slice(0, 12) ?? '-');
+  const lines = [
+    '',
+    `${'machine'.padEnd(14)} ${'user'.padEnd(7)} ${'end state'.padEnd(12)} image client  data    msgs`,
+    ...r.machines.map(
+      (m) =>
+        `${m.name.padEnd(14)} ${m.plan.padEnd(7)} ${(m.endState === m.expected ? m.endState : `${m.endState}!`).padEnd(12)} ${short(m.imageId).padEnd(5)} ${(m.clientVersion ?? '-').padEnd(7)} ${(m.userDataIntact ? 'intact' : 'CHANGED').padEnd(7)} ${String(m.statusMessages).padStart(4)}`,
+    ),
+    '',
+    r.ok
+      ? `every machine ended as expected, user data intact (${r.seconds.toFixed(0)} s; work folder ${r.dir})`
+      : `some machines did not end as expected (marked !) (${r.seconds.toFixed(0)} s; work folder ${r.dir})`,
+  ];
+  return lines.join('\n') + '\n';
 }
