@@ -242,10 +242,10 @@ function summary(r: DemoResult): string {
     id === r.images.v2 ? 'v2' : id === r.images.v1 ? 'v1' : (id?.slice(0, 12) ?? '-');
   const lines = [
     '',
-    `${'machine'.padEnd(14)} ${'user'.padEnd(7)} ${'end state'.padEnd(12)} image client  data    msgs`,
+    `${'machine'.padEnd(14)} ${'user'.padEnd(12)} ${'end state'.padEnd(14)} image client  data    msgs`,
     ...r.machines.map(
       (m) =>
-        `${m.name.padEnd(14)} ${m.plan.padEnd(7)} ${(m.endState === m.expected ? m.endState : `${m.endState}!`).padEnd(12)} ${short(m.imageId).padEnd(5)} ${(m.clientVersion ?? '-').padEnd(7)} ${(m.userDataIntact ? 'intact' : 'CHANGED').padEnd(7)} ${String(m.statusMessages).padStart(4)}`,
+        `${m.name.padEnd(14)} ${m.plan.padEnd(12)} ${(m.endState === m.expected ? m.endState : `${m.endState}!`).padEnd(14)} ${short(m.imageId).padEnd(5)} ${(m.clientVersion ?? '-').padEnd(7)} ${(m.userDataIntact ? 'intact' : 'CHANGED').padEnd(7)} ${String(m.statusMessages).padStart(4)}`,
     ),
     '',
     r.ok

@@ -41,8 +41,12 @@ import { makeMachineTree } from './machine-tree.js';
 import { AGENT_BUNDLE_PATH, createLabMachine } from './machine.js';
 import { compareUserData, hashUserData, type UserDataSnapshot } from './users-hash.js';
 
-/** How a simulated user answers the notifications of one machine. */
-export type UserPlan = 'now' | 'later' | 'decline' | 'none';
+/**
+ * How a simulated user answers the notifications of one machine. `consent-none` and
+ * `consent-now`: the machine is in a second advertisement whose package requires the user's
+ * permission; nobody answers (nothing may install), or the user says now.
+ */
+export type UserPlan = 'now' | 'later' | 'decline' | 'none' | 'consent-none' | 'consent-now';
 
 /** What the lab expects a machine to end as, and what it saw. */
 export type EndState =
@@ -132,7 +136,11 @@ export interface DemoMachineResult {
   statusMessages: number;
   userData: { files: number; bytes: number; missing: number; changed: number; moved: number };
   guid: string | null;
+  /** The GUID in the disk's etc/reimage/client.json at the end. */
+  diskGuid: string | null;
   boots: number;
+  /** The server's timeline: sequence number and message id, in the server's order. */
+  timeline: Array<{ seq: number; id: number }>;
 }
 
 export interface DemoResult {
@@ -146,10 +154,12 @@ export interface DemoResult {
   dir: string;
 }
 
-/** The end state the plan leads to under the demo's policy (no answer: install). */
+/** The end state the plan leads to under the demo's policies (no answer: install, or wait for consent). */
 export function expectedEnd(plan: UserPlan): EndState {
-  return plan === 'decline' ? 'declined' : 'installed';
+  return plan === 'decline' ? 'declined' : plan === 'consent-none' ? 'not-installed' : 'installed';
 }
+
+const needsConsent = (plan: UserPlan) => plan.startsWith('consent-');
 
 const MARKER = '.reimage-lab-demo';
 
@@ -347,19 +357,32 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
     await api.request('POST', '/api/v1/packages', {
       body: pkg('lab-desktop', '2.0', images.v2, true),
     });
+    // The same image for the machines whose users must consent: nothing installs without a yes.
+    await api.request('POST', '/api/v1/packages', {
+      body: {
+        ...pkg('lab-desktop-consent', '2.0', images.v2, true),
+        settings: JSON.stringify({
+          ...settings,
+          options: { ...settings.options, requireUserPermission: true, whenNoAnswer: 'postpone' },
+        }),
+      },
+    });
     // The PE is content too: its own package puts it on the DPs beside the image.
     await api.request('POST', '/api/v1/packages', {
       body: pkg('reimage-pe', versions.new, images.pe, false),
     });
     const dpNames = sites.map((s) => `dp-${s.name}`);
-    for (const p of ['lab-desktop@2.0', `reimage-pe@${versions.new}`])
+    const distributed = [
+      'lab-desktop@2.0',
+      'lab-desktop-consent@2.0',
+      `reimage-pe@${versions.new}`,
+    ];
+    for (const p of distributed)
       await api.request('POST', `/api/v1/packages/${encodeURIComponent(p)}/distribute`, {
         body: { distributionPoints: dpNames },
       });
-    await waitForDistribution(api, ['lab-desktop@2.0', `reimage-pe@${versions.new}`], o.signal);
-    log(
-      `packages lab-desktop@2.0 and reimage-pe@${versions.new} replicated to ${dpNames.join(', ')}`,
-    );
+    await waitForDistribution(api, distributed, o.signal);
+    log(`packages ${distributed.join(', ')} replicated to ${dpNames.join(', ')}`);
 
     // ---- machines
     const machines: DemoMachine[] = [];
@@ -392,13 +415,38 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
     );
 
     const advertise = async () => {
+      const consent = machines
+        .filter((m) => needsConsent(m.plan))
+        .map((m) => JSON.stringify(m.name));
+      const sitesRule = `site in [${siteNames.map((s) => JSON.stringify(s)).join(', ')}]`;
       await api.request('POST', '/api/v1/collections', {
         body: {
           name: 'lab-machines',
-          description: 'every machine of the lab demo',
-          rule: `site in [${siteNames.map((s) => JSON.stringify(s)).join(', ')}]`,
+          description: 'every machine of the lab demo (but those that ask for consent)',
+          rule:
+            consent.length > 0 ? `${sitesRule} and name not in [${consent.join(', ')}]` : sitesRule,
         },
       });
+      if (consent.length > 0) {
+        await api.request('POST', '/api/v1/collections', {
+          body: {
+            name: 'lab-consent',
+            description: 'lab machines whose users must consent',
+            rule: `name in [${consent.join(', ')}]`,
+          },
+        });
+        await api.request('POST', '/api/v1/advertisements', {
+          body: {
+            name: 'lab-desktop-consent-rollout',
+            package: 'lab-desktop-consent@2.0',
+            collection: 'lab-consent',
+            policy: { countdown: `${countdown}s` },
+          },
+        });
+        log(
+          `advertisement lab-desktop-consent-rollout: ${consent.length} machine(s), permission required, no answer postpones`,
+        );
+      }
       await api.request('POST', '/api/v1/advertisements', {
         body: {
           name: 'lab-desktop-rollout',
@@ -569,7 +617,7 @@ interface ServerMachine {
 }
 
 /** The end state a timeline shows, if any. */
-export function endStateOf(items: readonly TimelineItem[]): EndState | undefined {
+export function endStateOf(items: readonly TimelineItem[], plan?: UserPlan): EndState | undefined {
   const ids = new Set(items.map((i) => i.messageId));
   if (ids.has(5003)) return 'installed';
   if (ids.has(6001)) return 'rolled-back';
@@ -577,6 +625,11 @@ export function endStateOf(items: readonly TimelineItem[]): EndState | undefined
   if (ids.has(2004)) return 'declined';
   const noAnswer = items.filter((i) => i.messageId === 2005).at(-1);
   if (noAnswer && /declin/i.test(String(noAnswer.properties['outcome'] ?? ''))) return 'declined';
+  // Consent required and nobody answered twice in a row: it waits, and nothing was installed.
+  const waited = items.filter(
+    (i) => i.messageId === 2005 && /postpon/i.test(String(i.properties['outcome'] ?? '')),
+  );
+  if (plan && needsConsent(plan) && waited.length >= 2 && !ids.has(3000)) return 'not-installed';
   return undefined;
 }
 
@@ -668,7 +721,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
           s.items = items;
         }
         if (s.halted && !s.endState) s.endState = 'halted';
-        const end = s.endState ?? endStateOf(s.items);
+        const end = s.endState ?? endStateOf(s.items, s.m.plan);
         if (end && !s.endState) {
           s.endState = end;
           s.settledAt = Date.now();
@@ -735,7 +788,9 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
           moved: cmp.moved.length,
         },
         guid: sm?.id ?? null,
+        diskGuid: diskGuid(s.m.disk),
         boots: s.boots,
+        timeline: items.map((i) => ({ seq: i.seq, id: i.messageId })),
       });
     }
     return {
@@ -751,6 +806,17 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     power.abort();
     o.signal?.removeEventListener('abort', stopAll);
     await lab.close();
+  }
+}
+
+function diskGuid(disk: string): string | null {
+  try {
+    const c = JSON.parse(fs.readFileSync(path.join(disk, 'etc/reimage/client.json'), 'utf8')) as {
+      guid?: unknown;
+    };
+    return typeof c.guid === 'string' ? c.guid : null;
+  } catch {
+    return null;
   }
 }
 
@@ -785,7 +851,7 @@ async function userTurn(
   laterSeconds: number,
   log: (line: string) => void,
 ): Promise<void> {
-  if (s.m.plan === 'none' || s.endState) return;
+  if (s.m.plan === 'none' || s.m.plan === 'consent-none' || s.endState) return;
   let text: string;
   try {
     text = fs.readFileSync(path.join(s.m.disk, NOTIFICATION_FILE), 'utf8');
@@ -832,10 +898,10 @@ function notificationKey(text: string): string {
 export function progressTable(rows: readonly MachineProgress[], width = 120): string[] {
   const name = Math.max(7, ...rows.map((r) => r.name.length));
   const lines = [
-    `${'machine'.padEnd(name)}  ${'site'.padEnd(6)}  ${'user'.padEnd(7)}  ${'phase'.padEnd(16)}  msgs  last status`,
+    `${'machine'.padEnd(name)}  ${'site'.padEnd(6)}  ${'user'.padEnd(12)}  ${'phase'.padEnd(16)}  msgs  last status`,
   ];
   for (const r of rows) {
-    const line = `${r.name.padEnd(name)}  ${r.site.padEnd(6)}  ${r.plan.padEnd(7)}  ${r.phase.padEnd(16)}  ${String(r.statusMessages).padStart(4)}  ${r.lastStatus}`;
+    const line = `${r.name.padEnd(name)}  ${r.site.padEnd(6)}  ${r.plan.padEnd(12)}  ${r.phase.padEnd(16)}  ${String(r.statusMessages).padStart(4)}  ${r.lastStatus}`;
     lines.push(line.length > width ? `${line.slice(0, width - 1)}…` : line);
   }
   return lines;
