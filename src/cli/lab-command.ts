@@ -1,3 +1,4 @@
+import path from 'node:path';
 import type { Command } from 'commander';
 import { ReimageError } from '../errors.js';
 import {
@@ -147,7 +148,7 @@ export function registerLabCommands(program: Command): void {
     )
     .option(
       '--until-done',
-      'run until every machine reached its end state, then exit (the only mode today)',
+      'exit once every machine reached its end state (default: then keep the server up until Ctrl-C)',
     )
     .option('--json', "print the machines' end states as one JSON document at the end")
     .action(
@@ -165,6 +166,7 @@ export function registerLabCommands(program: Command): void {
         process.on('SIGTERM', stop);
         const tty = !o.json && process.stdout.isTTY === true;
         let drawn = 0;
+        let printed = false;
         const lastPhase = new Map<string, string>();
         const progress = (rows: MachineProgress[]) => {
           if (o.json) return;
@@ -201,8 +203,26 @@ export function registerLabCommands(program: Command): void {
               else if (!tty || drawn === 0) process.stdout.write(`${line}\n`);
             },
             onProgress: progress,
+            afterRun: async (lab, result) => {
+              if (o.untilDone) return;
+              process.stdout.write(
+                o.json ? `${JSON.stringify(jsonResult(result), null, 2)}\n` : summary(result),
+              );
+              printed = true;
+              process.stderr.write(
+                `\nThe server is still up at ${lab.server.url}: reimage login --server ${lab.server.url} --password-stdin < ${path.join(lab.dir, 'server', 'initial-admin-password')}, ` +
+                  `then reimage machine list, reimage status list, ... Ctrl-C stops it.\n`,
+              );
+              if (!ac.signal.aborted)
+                await new Promise<void>((resolve) =>
+                  ac.signal.addEventListener('abort', () => resolve()),
+                );
+            },
           });
-          process.stdout.write(o.json ? `${JSON.stringify(jsonResult(r), null, 2)}\n` : summary(r));
+          if (!printed)
+            process.stdout.write(
+              o.json ? `${JSON.stringify(jsonResult(r), null, 2)}\n` : summary(r),
+            );
           if (!r.ok) process.exitCode = 1;
         } finally {
           process.off('SIGINT', stop);

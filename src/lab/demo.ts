@@ -23,6 +23,7 @@
  *    lab's comparison, never the agent's report).
  */
 import { randomBytes } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -105,6 +106,11 @@ export interface DemoOptions {
   /** Every second while machines run: one row per machine. */
   onProgress?: (rows: MachineProgress[]) => void;
   signal?: AbortSignal;
+  /**
+   * Called once every machine is done and powered off, before the server, the DPs and the
+   * links stop (e.g. to keep the server up for a look around until Ctrl-C).
+   */
+  afterRun?: (lab: DemoLab, result: DemoResult) => Promise<void>;
   /** The checkout the agent bundles are built from (default: this one). */
   checkout?: string;
 }
@@ -678,6 +684,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       answers: 0,
       boots: 0,
     }));
+    setMaxListeners(state.length + 10, power.signal);
     for (const s of state) {
       power.signal.addEventListener('abort', () => s.power.abort());
       s.firmware = runFirmware({
@@ -793,7 +800,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
         timeline: items.map((i) => ({ seq: i.seq, id: i.messageId })),
       });
     }
-    return {
+    const result: DemoResult = {
       machines,
       images: lab.images,
       versions: lab.versions,
@@ -802,6 +809,8 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       server: lab.server.url,
       dir: lab.dir,
     };
+    await o.afterRun?.(lab, result);
+    return result;
   } finally {
     power.abort();
     o.signal?.removeEventListener('abort', stopAll);
