@@ -147,6 +147,11 @@ export const errorCodes = {
     http: 401,
     help: 'No credentials, or wrong ones: log in with `reimage login`, or set REIMAGE_TOKEN to a valid API token.',
   },
+  LOGIN_THROTTLED: {
+    exit: 1,
+    http: 429,
+    help: 'Too many failed logins for this username or from this address in the last 15 minutes (10 per user, 30 per address): wait for the time the message gives (also in the Retry-After header). A successful login clears the count.',
+  },
   FORBIDDEN: {
     exit: 1,
     http: 403,

@@ -80,9 +80,21 @@ async function boot(
   throw new Error(`no end after 12 boots: ${JSON.stringify(boots)}`);
 }
 
-const cases: Array<{ role: string; failpoints: string; what: string; nth?: number }> = [
+const cases: Array<{
+  role: string;
+  failpoints: string;
+  what: string;
+  nth?: number;
+  /** A deployment that fails after the swap, so the kill lands in its rollback. */
+  rollback?: boolean;
+}> = [
   { role: 'client', failpoints: 'step.check=1', what: 'phase 1, as the checks begin' },
   { role: 'client', failpoints: 'step.capture-state=1', what: 'phase 1, as state capture begins' },
+  {
+    role: 'client',
+    failpoints: 'capture.progress=3',
+    what: 'phase 1, half-way through state capture',
+  },
   {
     role: 'client',
     failpoints: 'fetch.progress=2',
@@ -105,7 +117,19 @@ const cases: Array<{ role: string; failpoints: string; what: string; nth?: numbe
     failpoints: 'step.restore-state=1',
     what: 'phase 3, as the restore begins',
   },
+  {
+    role: 'client',
+    nth: 2,
+    failpoints: 'restore.progress=2',
+    what: 'phase 3, half-way through restoring state',
+  },
   { role: 'client', nth: 2, failpoints: 'step.cleanup=1', what: 'phase 3, cleaning up' },
+  {
+    role: 'pe',
+    failpoints: 'undo.out=2',
+    rollback: true,
+    what: 'a rollback, between renames moving the failed OS out',
+  },
 ];
 
 describe('killed at every step: the deployment converges, data intact, no duplicate status', () => {
@@ -116,13 +140,22 @@ describe('killed at every step: the deployment converges, data intact, no duplic
       const facts = await makeLabMachine(dir, n, launcher);
       const root = join(dir, 'disk');
       const data = dataSnapshot(root, facts);
-      startDeployment(root, makePlan(f, `kill-${n}`));
+      const osRelease = readFileSync(join(root, 'etc/os-release'), 'utf8');
+      startDeployment(
+        root,
+        makePlan(
+          f,
+          `kill-${n}`,
+          c.rollback ? { newClient: { program: '/usr/lib/reimage/missing.bundle', args: [] } } : {},
+        ),
+      );
       const boots = await boot(dir, c);
       assert.ok(
         boots.some((b) => b.signal === 'SIGKILL'),
         `the failpoint fired: ${JSON.stringify(boots)}`,
       );
-      assert.match(readFileSync(join(root, 'etc/os-release'), 'utf8'), /VERSION_ID="?13/);
+      if (c.rollback) assert.equal(readFileSync(join(root, 'etc/os-release'), 'utf8'), osRelease);
+      else assert.match(readFileSync(join(root, 'etc/os-release'), 'utf8'), /VERSION_ID="?13/);
       assert.deepEqual(dataSnapshot(root, facts), data);
       const outbox = new Outbox(keptPaths(root).outbox);
       const all = outbox.all();
@@ -133,7 +166,9 @@ describe('killed at every step: the deployment converges, data intact, no duplic
       );
       assert.deepEqual(
         all.map((e) => e.id),
-        [3000, 3001, 3002, 3003, 4000, 4001, 4002, 4003, 4004, 5000, 5001, 5002, 5003],
+        c.rollback
+          ? [3000, 3001, 3002, 3003, 4000, 4001, 4002, 4003, 6000, 6001]
+          : [3000, 3001, 3002, 3003, 4000, 4001, 4002, 4003, 4004, 5000, 5001, 5002, 5003],
       );
       const history = readdirSync(keptPaths(root).history);
       assert.equal(history.length, 1);

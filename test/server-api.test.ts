@@ -59,6 +59,27 @@ forEachDatabase('management API', (get) => {
     }
   });
 
+  it('throttles password guessing: after 10 failures the right password is refused with 429 and Retry-After', async () => {
+    const s = get();
+    const login = (password: string) =>
+      s.app.inject({
+        method: 'POST',
+        url: '/api/v1/auth/login',
+        payload: { username: 'readonly', password },
+      });
+    for (let i = 0; i < 10; i++) assert.equal((await login(`guess-${i}-xxxxxxxx`)).statusCode, 401);
+    const refused = await login('read-only-password-long');
+    assert.equal(refused.statusCode, 429);
+    assert.equal(refused.json<{ error: { code: string } }>().error.code, 'LOGIN_THROTTLED');
+    assert.ok(Number(refused.headers['retry-after']) > 0);
+    // Another user from the same address still logs in (10 failures < the address limit of 30).
+    const other = await s.call('POST', '/api/v1/auth/login', {
+      token: null,
+      body: { username: 'operator', password: 'operator-password-long' },
+    });
+    expectStatus(other, 200, 'another user');
+  });
+
   it('registers images from the library with their properties', async () => {
     const s = get();
     const img = await addImage(s, 'debian-12-base');

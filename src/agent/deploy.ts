@@ -235,6 +235,7 @@ class Engine {
           hardLinks: true,
           migration: plan.migration,
           users: plan.users,
+          onFile: () => failpoint('capture.progress'),
         });
         return { items: r.items, bytes: r.bytes, store: r.store };
       });
@@ -425,6 +426,7 @@ class Engine {
           machineState: plan.machineState,
           clientState: plan.clientState,
           facts: { macs: [this.o.platform.identity().mac] },
+          onFile: () => failpoint('restore.progress'),
         });
         return {
           restored: r.restored,

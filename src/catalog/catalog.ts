@@ -352,13 +352,16 @@ export class Catalog {
   }
 
   /** The enabled user behind an unexpired token, or undefined. */
-  async userByTokenHash(tokenHash: string): Promise<{ user: User; tokenId: string } | undefined> {
+  async userByTokenHash(
+    tokenHash: string,
+  ): Promise<{ user: User; tokenId: string; lastUsedAt: string | null } | undefined> {
     const r = await this.q
       .selectFrom('api_tokens as t')
       .innerJoin('users as u', 'u.id', 't.user_id')
       .select([
         't.id as token_id',
         't.expires_at',
+        't.last_used_at',
         'u.id',
         'u.username',
         'u.role',
@@ -370,7 +373,7 @@ export class Catalog {
       .executeTakeFirst();
     if (!r || r.disabled === 1 || (r.expires_at !== null && r.expires_at <= this.now()))
       return undefined;
-    return { user: this.user(r), tokenId: r.token_id };
+    return { user: this.user(r), tokenId: r.token_id, lastUsedAt: r.last_used_at };
   }
 
   async touchToken(id: string): Promise<void> {

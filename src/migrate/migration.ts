@@ -55,6 +55,8 @@ export interface CaptureStateOptions {
   /** Capture the reimage client's own state (GUID, server, credential, policy cache). Default true. */
   clientState?: boolean;
   now?: number;
+  /** Called after each file is in the store (the agent's kill tests hook a failpoint here). */
+  onFile?: (done: number) => void;
 }
 
 export interface CaptureStateResult extends CommitResult {
@@ -90,9 +92,12 @@ export async function captureState(o: CaptureStateOptions): Promise<CaptureState
     hardLinks: o.hardLinks,
   });
   try {
+    let files = 0;
     for (const item of selection.items) {
-      if (item.type === 'file') await writer.addFile(item, join(o.root, item.path));
-      else writer.addEntry(item);
+      if (item.type === 'file') {
+        await writer.addFile(item, join(o.root, item.path));
+        o.onFile?.(++files);
+      } else writer.addEntry(item);
     }
     writer.addDocument('accounts', { users, groups });
     writer.addDocument('machine-state', await readMachineState(o.root));
@@ -136,6 +141,8 @@ export interface RestoreStateOptions {
    * the policy cache. Default: everything migrates.
    */
   clientState?: { guid?: 'migrate' | 'fresh' | object; policy?: 'migrate' | 'fresh' | object };
+  /** Called after each file is written back (the agent's kill tests hook a failpoint here). */
+  onFile?: (done: number) => void;
 }
 
 export interface RestoreReport {
@@ -255,6 +262,7 @@ export async function restoreState(o: RestoreStateOptions): Promise<RestoreRepor
     await writeFromStore(reader, item, dest, owners);
     report.restored++;
     report.bytes += item.size;
+    o.onFile?.(report.restored);
   }
 
   const old = reader.document<MachineState>('machine-state') ?? {};

@@ -18,6 +18,7 @@ import { errorCodes, isReimageError, ReimageError } from '../errors.js';
 import { authenticate, type Access } from './auth.js';
 import { ErrorBody } from './routes/common.js';
 import { registerRoutes } from './routes/index.js';
+import { LoginThrottle } from './login-throttle.js';
 import type { SecretBox } from './secret-box.js';
 import type { Clock } from '../content/window.js';
 
@@ -38,6 +39,8 @@ export interface ServerDeps {
   clock?: () => number;
   /** Time as replication sees it for DP windows (tests move it on instead of waiting). */
   replicationClock?: Clock;
+  /** Failed-login counting (made by createServer when not given). */
+  loginThrottle?: LoginThrottle;
 }
 
 /** The server as route modules see it: fastify with TypeBox-typed schemas. */
@@ -96,6 +99,7 @@ export async function createServer(deps: ServerDeps) {
       },
     },
   }).withTypeProvider<TypeBoxTypeProvider>() as unknown as App;
+  deps.loginThrottle ??= new LoginThrottle(deps.clock ? { now: deps.clock } : {});
   app.decorate('deps', deps);
 
   await app.register(swagger, {
@@ -168,6 +172,8 @@ function replyError(err: unknown, req: FastifyRequest, reply: FastifyReply) {
   const e = toReimageError(err);
   if (e.httpStatus >= 500) req.log.error({ err }, 'request failed');
   else req.log.info({ code: e.code }, e.message);
+  const retry = (e.details as { retryAfterSeconds?: unknown } | undefined)?.retryAfterSeconds;
+  if (typeof retry === 'number') void reply.header('retry-after', String(retry));
   return reply
     .status(e.httpStatus)
     .send({ error: { code: e.code, message: e.message, details: e.details, requestId: req.id } });

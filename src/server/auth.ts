@@ -57,7 +57,10 @@ export async function authenticate(req: FastifyRequest, deps: ServerDeps): Promi
       },
     );
   req.principal = { kind: 'user', user: found.user, tokenId: found.tokenId };
-  void deps.catalog.touchToken(found.tokenId).catch(() => {});
+  // "Last used" is kept to the minute: one write per token per minute, not one per request.
+  const now = (deps.clock ?? Date.now)();
+  if (found.lastUsedAt === null || Date.parse(found.lastUsedAt) < now - 60_000)
+    void deps.catalog.touchToken(found.tokenId).catch(() => {});
 }
 
 /** The signed-in admin user of a request whose route needs one. */

@@ -17,10 +17,16 @@ export const ErrorBody = Type.Object({
 });
 
 /** Standard responses: the success schema plus the error body for every failure status. */
-export function responses(ok: TSchema, status = 200): Record<number, TSchema> {
+export function responses(
+  ok: TSchema,
+  status = 200,
+  extra: number[] = [],
+): Record<number, TSchema> {
   // One shared schema (registered in app.ts), so the OpenAPI document lists it once.
   const error = Type.Unsafe<Static<typeof ErrorBody>>(Type.Ref('ErrorBody'));
-  return { [status]: ok, 400: error, 401: error, 403: error, 404: error, 409: error };
+  const r: Record<number, TSchema> = { [status]: ok };
+  for (const s of [400, 401, 403, 404, 409, ...extra]) r[s] = error;
+  return r;
 }
 
 // Patterns carry a title: a refused value is told "must be a <title>", not a regular expression.

@@ -54,19 +54,33 @@ export function sessionRoutes(app: App): void {
         ),
         response: responses(
           Type.Object({ token: Type.String(), expiresAt: Type.String(), user: User }),
+          200,
+          [429],
         ),
       },
     },
     async (req) => {
       const { catalog } = app.deps;
-      const found = await catalog.findUserForLogin(req.body.username);
+      const throttle = app.deps.loginThrottle!;
+      const { username } = req.body;
+      const wait = throttle.retryAfter(username, req.ip);
+      if (wait > 0)
+        throw new ReimageError(
+          'LOGIN_THROTTLED',
+          `Too many failed logins for this user or from this address; try again in ${wait} s.`,
+          { details: { retryAfterSeconds: wait } },
+        );
+      const found = await catalog.findUserForLogin(username);
       // Check a password even for an unknown user, so timing does not tell which usernames exist.
       const ok = await verifyPassword(req.body.password, found?.passwordHash ?? DUMMY_HASH);
-      if (!found || !ok || found.disabled)
+      if (!found || !ok || found.disabled) {
+        throttle.failed(username, req.ip);
         throw new ReimageError(
           'UNAUTHENTICATED',
           'Wrong username or password, or the user is disabled.',
         );
+      }
+      throttle.succeeded(username, req.ip);
       const token = newSecret('rit');
       const expiresAt = new Date(
         (app.deps.clock ?? Date.now)() + LOGIN_TOKEN_HOURS * 3600_000,
