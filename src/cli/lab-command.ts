@@ -151,6 +151,10 @@ export function registerLabCommands(program: Command): void {
       'exit once every machine reached its end state (default: then keep the server up until Ctrl-C)',
     )
     .option('--json', "print the machines' end states as one JSON document at the end")
+    .option(
+      '--in-process-firmware',
+      "run the machines' firmware loops in this process instead of one `reimage lab boot` process each",
+    )
     .action(
       async (o: {
         dir: string;
@@ -159,6 +163,7 @@ export function registerLabCommands(program: Command): void {
         timeout?: number;
         untilDone?: boolean;
         json?: boolean;
+        inProcessFirmware?: boolean;
       }) => {
         const ac = new AbortController();
         const stop = () => ac.abort();
@@ -197,6 +202,7 @@ export function registerLabCommands(program: Command): void {
             countdownSeconds: o.countdown,
             timeoutMs: o.timeout === undefined ? undefined : o.timeout * 1000,
             answer: answerNotification,
+            firmware: o.inProcessFirmware ? 'in-process' : 'process',
             signal: ac.signal,
             log: (line) => {
               if (o.json) process.stderr.write(`${line}\n`);

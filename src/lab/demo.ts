@@ -22,6 +22,7 @@
  *    the machines off, hashes their user data again and compares (`userDataIntact` is the
  *    lab's comparison, never the agent's report).
  */
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import fs from 'node:fs';
@@ -36,7 +37,7 @@ import { defaults } from '../package/schema.js';
 import { startServer, type RunningServer } from '../server/start.js';
 import { buildAgentBundle } from './bundle.js';
 import { startLabDp, type LabDp } from './demo-dp.js';
-import { runFirmware, type FirmwareResult } from './firmware.js';
+import { runFirmware, type FirmwareOptions, type FirmwareResult } from './firmware.js';
 import { startLink, type Link } from './link.js';
 import { makeMachineTree } from './machine-tree.js';
 import { AGENT_BUNDLE_PATH, createLabMachine } from './machine.js';
@@ -99,6 +100,11 @@ export interface DemoOptions {
   versions?: { old: string; new: string };
   /** Answers notifications; required to run machines (the notification page's entry point). */
   answer?: AnswerNotification;
+  /**
+   * `process` (default): each machine's firmware is its own `reimage lab boot` process;
+   * `in-process`: the firmware loops run in this process (the agents are processes either way).
+   */
+  firmware?: 'process' | 'in-process';
   /** Extra environment for the agents the firmware boots (e.g. poll intervals for the lab). */
   agentEnv?: Record<string, string>;
   /** What the demo does, line by line (setup steps, answers, end states). */
@@ -687,13 +693,16 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     setMaxListeners(state.length + 10, power.signal);
     for (const s of state) {
       power.signal.addEventListener('abort', () => s.power.abort());
-      s.firmware = runFirmware({
+      const firmware: FirmwareOptions = {
         machine: s.m.dir,
         signal: s.power.signal,
         powerCycleDelayMs: 500,
         loopGuard: { boots: 20, windowMs: 60_000 },
         ...(o.agentEnv ? { env: o.agentEnv } : {}),
-      }).then(
+      };
+      s.firmware = (
+        o.firmware === 'in-process' ? runFirmware(firmware) : firmwareProcess(firmware)
+      ).then(
         (r) => {
           s.poweredOff = true;
           s.boots = r.boots.length;
@@ -816,6 +825,53 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     o.signal?.removeEventListener('abort', stopAll);
     await lab.close();
   }
+}
+
+/**
+ * The firmware as its own process: `reimage lab boot MACHINE --json` of this checkout. Pulling
+ * the power (the signal) is a SIGTERM to it, which kills the booted program; a halt is its
+ * failure exit.
+ */
+function firmwareProcess(f: FirmwareOptions): Promise<FirmwareResult> {
+  const cli = path.join(checkoutRoot(), 'bin', 'reimage.js');
+  const args = [
+    cli,
+    'lab',
+    'boot',
+    f.machine,
+    '--json',
+    '--power-cycle-delay',
+    String(f.powerCycleDelayMs ?? 1000),
+    ...(f.loopGuard ? ['--max-boots-per-minute', String(f.loopGuard.boots)] : []),
+  ];
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...f.env },
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+    const stop = () => child.kill('SIGTERM');
+    if (f.signal?.aborted) stop();
+    else f.signal?.addEventListener('abort', stop, { once: true });
+    child.on('error', reject);
+    child.on('close', (code) => {
+      f.signal?.removeEventListener('abort', stop);
+      try {
+        if (code === 0) return resolve(JSON.parse(out) as FirmwareResult);
+      } catch {
+        // not the JSON it prints: a failure
+      }
+      // A halt (no bootable device, a boot loop): its message is the firmware's last line.
+      reject(
+        new Error(
+          `the firmware of ${f.machine} ended with ${code}: ${err.trim().split('\n').at(-1) ?? ''}`,
+        ),
+      );
+    });
+  });
 }
 
 function diskGuid(disk: string): string | null {
