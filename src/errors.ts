@@ -263,6 +263,26 @@ export const errorCodes = {
     exit: 1,
     help: "A file of the agent's kept area (`/.reimage`: journal, plan, identity) cannot be read as written. The message names it; the deployment stops there rather than guess.",
   },
+  NOTIFICATION_NOT_PENDING: {
+    exit: 1,
+    http: 404,
+    help: 'No notification is waiting for an answer on this machine (none was shown, or it was already answered or timed out). See docs/notification.md.',
+  },
+  NOTIFICATION_TOKEN_INVALID: {
+    exit: 1,
+    http: 403,
+    help: "The notification's token is missing or wrong (or the request came from another web origin). Use the address in /.reimage/notify/current.json, or `reimage agent prompt`.",
+  },
+  NOTIFICATION_ANSWER_INVALID: {
+    exit: 2,
+    http: 400,
+    help: 'The answer is not one the notification allows: a button the administrator did not allow, or "later" past the latest time allowed. The message says which; nothing was recorded and the question is still open.',
+  },
+  NOTIFICATION_ALREADY_ANSWERED: {
+    exit: 1,
+    http: 409,
+    help: 'The notification was already answered (only the first answer counts, from the web page or the terminal).',
+  },
   DP_WRITE_FAILED: {
     exit: 1,
     help: 'Writing to a distribution point failed (`details.dp`): the WebDAV server refused a request, or smbclient reported an error. Check the address, the credentials and the free space there, then distribute again: what arrived is kept.',
@@ -307,6 +327,24 @@ export const errorCodes = {
     exit: 1,
     http: 409,
     help: 'The upload was committed before the library had every chunk the manifest names (`details.missing` counts them). Nothing was recorded; run the upload again to send what is missing.',
+  },
+  PUBLICATION_REFUSED: {
+    exit: 1,
+    http: 409,
+    help: 'The advertisement cannot be published to a serverless location: it is disabled, or its package settings hold secrets, which never go to a share in clear text (docs/serverless.md). Enable it, or use a package without secrets.',
+  },
+  PUBLICATION_SIGNATURE_INVALID: {
+    exit: 1,
+    help: 'A published advertisement (or the index of a published folder) has no signature, or it does not verify with the public key the machine is configured with: it is ignored, never deployed. Publish it again with the right key (`reimage advertisement publish --key`).',
+  },
+  PUBLICATION_INVALID: {
+    exit: 1,
+    help: 'A file of a serverless location is malformed (not a published advertisement of a known version, or its name does not match its content). Publish it again.',
+  },
+  STATUS_DROP_INVALID: {
+    exit: 1,
+    http: 400,
+    help: 'A status file in the drop folder is malformed; the import moved it to `.rejected/` in the drop folder and went on with the others. The message names the file and what is wrong.',
   },
   INTERNAL: {
     exit: 70,

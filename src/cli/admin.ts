@@ -33,6 +33,7 @@ import {
   type Environment,
 } from './config.js';
 import { formatBytes } from './output.js';
+import { registerServerlessCommands } from './serverless.js';
 
 /** What the admin commands get from the entry point. */
 export interface AdminContext {
@@ -1991,6 +1992,13 @@ export function registerAdminCommands(program: Command, ctx: AdminContext): void
   registerAdvertisement(program, ctx);
   registerStatus(program, ctx);
   registerUsers(program, ctx);
+  const noun = (n: string) => program.commands.find((c) => c.name() === n)!;
+  registerServerlessCommands(
+    { advertisement: noun('advertisement'), status: noun('status') },
+    (parent, spec, description, configure, action) =>
+      serverCommand(parent, spec, description, ctx, configure, action),
+    print,
+  );
 }
 
 function nonEmpty(s: string | undefined): s is string {

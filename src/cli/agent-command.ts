@@ -1,6 +1,7 @@
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
+import { promptNotification } from '../agent/notify-prompt.js';
 import { buildAgentBundle } from '../lab/bundle.js';
 import { formatBytes } from './output.js';
 
@@ -9,9 +10,11 @@ function checkoutRoot(): string {
   return join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 }
 
-/** `reimage agent …`: build the agent's bundle. */
+/** `reimage agent …`: build the agent's bundle; answer a notification on a terminal. */
 export function registerAgentCommands(program: Command): void {
-  const agent = program.command('agent').description('build the agent (its bundle)');
+  const agent = program
+    .command('agent')
+    .description('build the agent (its bundle); answer its notification (prompt)');
   agent
     .command('bundle')
     .description(
@@ -38,5 +41,20 @@ export function registerAgentCommands(program: Command): void {
           `built in  ${seconds.toFixed(2)} s`,
         ].join('\n') + '\n',
       );
+    });
+  agent
+    .command('prompt')
+    .description(
+      'answer the notification pending on this machine, on the terminal (docs/notification.md); exits 1 when none is pending',
+    )
+    .option('--machine <dir>', "the machine's root folder", '/')
+    .option('--json', 'print the recorded answer as JSON')
+    .action(async (o: { machine: string; json?: boolean }) => {
+      const r = await promptNotification(o.machine, {
+        input: process.stdin,
+        output: process.stdout,
+      });
+      if (o.json)
+        process.stdout.write(JSON.stringify({ answer: r?.answer ?? null }, null, 2) + '\n');
     });
 }

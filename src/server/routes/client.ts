@@ -1,11 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
 import { ReimageError } from '../../errors.js';
-import { statusMessage } from '../../status/messages.js';
 import type { App } from '../app.js';
 import { machineOf } from '../auth.js';
 import { newSecret, secretHash } from '../credentials.js';
 import { siteByBoundary } from '../site.js';
+import { checkStatusBatch } from '../status-ingest.js';
 import { responses } from './common.js';
 import { Inventory, MachineSchema } from './machines.js';
 import { machinePolicy, Policy } from '../policy.js';
@@ -16,7 +16,6 @@ const ImageId = Type.String({
 });
 const ClientVersion = Type.String({ maxLength: 64 });
 const MAX_BATCH = 1000;
-const MAX_PROPERTIES_BYTES = 8192;
 
 const StatusIn = Type.Object(
   {
@@ -36,41 +35,6 @@ const StatusIn = Type.Object(
   },
   { additionalProperties: false },
 );
-
-/** Property names whose values are never stored, whatever a client sends. */
-const SECRET_KEY = /pass(word)?|secret|token|credential|product.?key|private.?key/i;
-
-/** Properties nest at most this deep (status properties are small records, not documents). */
-const MAX_PROPERTY_DEPTH = 8;
-
-function redactProperties(props: Record<string, unknown>, depth = 0): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(props))
-    out[k] = SECRET_KEY.test(k) ? '[redacted]' : redactValue(v, depth + 1);
-  return out;
-}
-
-/** Lists too: `[{ password: … }]` hides a secret as well as `{ password: … }` does. */
-function redactValue(v: unknown, depth: number): unknown {
-  if (v === null || typeof v !== 'object') return v;
-  if (depth > MAX_PROPERTY_DEPTH)
-    throw new ReimageError(
-      'VALIDATION_FAILED',
-      `Status properties nest deeper than ${MAX_PROPERTY_DEPTH} levels.`,
-      {
-        details: {
-          problems: [
-            {
-              path: 'body/messages/properties',
-              message: `nested deeper than ${MAX_PROPERTY_DEPTH} levels`,
-            },
-          ],
-        },
-      },
-    );
-  if (Array.isArray(v)) return v.map((x) => redactValue(x, depth + 1));
-  return redactProperties(v as Record<string, unknown>, depth);
-}
 
 /** The endpoints machines call: enroll, report inventory, read their policy, post status. */
 export function clientRoutes(app: App): void {
@@ -202,46 +166,7 @@ export function clientRoutes(app: App): void {
           'This batch is for another machine; a machine posts only its own status.',
           { details: { machineId: req.body.machineId } },
         );
-      const seen = new Set<number>();
-      const problems: { path: string; message: string }[] = [];
-      const messages = req.body.messages.map((s, i) => {
-        const def = statusMessage(s.id);
-        if (!def)
-          throw new ReimageError(
-            'STATUS_MESSAGE_UNKNOWN',
-            `Status message id ${s.id} (messages/${i}) is not in the catalog.`,
-            { details: { id: s.id, index: i } },
-          );
-        if (seen.has(s.seq))
-          problems.push({
-            path: `body/messages/${i}/seq`,
-            message: `sequence number ${s.seq} appears twice in the batch`,
-          });
-        seen.add(s.seq);
-        const properties = redactProperties(s.properties ?? {});
-        if (JSON.stringify(properties).length > MAX_PROPERTIES_BYTES)
-          problems.push({
-            path: `body/messages/${i}/properties`,
-            message: `larger than ${MAX_PROPERTIES_BYTES} bytes`,
-          });
-        return {
-          seq: s.seq,
-          messageId: s.id,
-          component: def.component,
-          phase: def.phase,
-          severity: def.severity,
-          advertisementId: s.advertisementId ?? null,
-          // One form (UTC) so that timelines sort as text in both databases.
-          time: new Date(s.time).toISOString(),
-          properties,
-        };
-      });
-      if (problems.length > 0)
-        throw new ReimageError(
-          'VALIDATION_FAILED',
-          `The status batch is not valid: ${problems.map((p) => `${p.path}: ${p.message}`).join('; ')}`,
-          { details: { problems } },
-        );
+      const messages = checkStatusBatch(req.body.messages);
       return app.deps.catalog.transaction(async (tx) => {
         const r = await tx.ingestStatus(m.id, messages);
         await tx.touchMachine(m.id);

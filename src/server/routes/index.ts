@@ -9,6 +9,7 @@ import { distributionRoutes } from './distribution.js';
 import { imageRoutes } from './images.js';
 import { machineRoutes } from './machines.js';
 import { packageRoutes } from './packages.js';
+import { publicationRoutes } from './publication.js';
 import { sessionRoutes } from './session.js';
 import { statusRoutes } from './status.js';
 import { uploadRoutes } from './uploads.js';
@@ -48,6 +49,7 @@ export async function registerRoutes(app: App): Promise<void> {
   advertisementRoutes(app);
   clientRoutes(app);
   statusRoutes(app);
+  publicationRoutes(app);
   // Its own context: the binary body parser applies to the upload endpoints only.
   await app.register(async (child) => uploadRoutes(child as unknown as App));
 }
