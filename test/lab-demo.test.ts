@@ -4,11 +4,11 @@ import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
+import { answerNotification } from '../src/agent/notify.js';
 import { davWriter } from '../src/content/dav-writer.js';
 import { httpRemote } from '../src/content/remote.js';
 import { defaults } from '../src/package/schema.js';
 import { expectedEnd, prepareDemo, runDemo, USER_PLANS } from '../src/lab/demo.js';
-import type { AnswerNotification } from '../src/lab/demo.js';
 import { startLabDp } from '../src/lab/demo-dp.js';
 import { startLink } from '../src/lab/link.js';
 import { compareUserData, hashUserData } from '../src/lab/users-hash.js';
@@ -175,23 +175,13 @@ describe('lab demo', () => {
     }
   });
 
-  it('four machines, one per user answer, to their end states; user data intact by the lab’s own hashes', async (t) => {
-    const notify = '../src/agent/notify.js';
-    let answer: AnswerNotification;
-    try {
-      ({ answerNotification: answer } = (await import(notify)) as {
-        answerNotification: AnswerNotification;
-      });
-    } catch {
-      t.skip('the notification page (src/agent/notify.ts) is not merged yet');
-      return;
-    }
+  it('four machines, one per user answer, to their end states; user data intact by the lab’s own hashes', async () => {
     const r = await runDemo({
       dir: path.join(work, 'demo'),
       machines: 4,
       countdownSeconds: 8,
       laterSeconds: 4,
-      answer,
+      answer: answerNotification,
       timeoutMs: 12 * 60_000,
     });
     const report = JSON.stringify(r.machines, null, 2);

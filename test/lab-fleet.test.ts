@@ -4,8 +4,9 @@ import fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
+import { answerNotification } from '../src/agent/notify.js';
 import { expectedEnd, runDemo } from '../src/lab/demo.js';
-import type { AnswerNotification, UserPlan } from '../src/lab/demo.js';
+import type { UserPlan } from '../src/lab/demo.js';
 
 /**
  * The fleet: 20 lab machines through the whole demo, every notification path — install now,
@@ -45,17 +46,7 @@ function inOrder(ids: number[], want: number[]): boolean {
 }
 
 describe('lab fleet', () => {
-  it('20 machines, every notification path, to their end states; the lab checks trees, data, GUIDs and timelines', async (t) => {
-    const notify = '../src/agent/notify.js';
-    let answer: AnswerNotification;
-    try {
-      ({ answerNotification: answer } = (await import(notify)) as {
-        answerNotification: AnswerNotification;
-      });
-    } catch {
-      t.skip('the notification page (src/agent/notify.ts) is not merged yet');
-      return;
-    }
+  it('20 machines, every notification path, to their end states; the lab checks trees, data, GUIDs and timelines', async () => {
     const dir = path.join(work, 'fleet');
     const r = await runDemo({
       dir,
@@ -63,7 +54,7 @@ describe('lab fleet', () => {
       plan: (i) => PLANS[i % PLANS.length]!,
       countdownSeconds: 8,
       laterSeconds: 4,
-      answer,
+      answer: answerNotification,
       timeoutMs: 25 * 60_000,
     });
     const report = (m: unknown) => JSON.stringify(m, null, 2);

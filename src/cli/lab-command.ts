@@ -1,13 +1,8 @@
 import path from 'node:path';
 import type { Command } from 'commander';
+import { answerNotification } from '../agent/notify.js';
 import { ReimageError } from '../errors.js';
-import {
-  progressTable,
-  runDemo,
-  type AnswerNotification,
-  type DemoResult,
-  type MachineProgress,
-} from '../lab/demo.js';
+import { progressTable, runDemo, type DemoResult, type MachineProgress } from '../lab/demo.js';
 import { runFirmware } from '../lab/firmware.js';
 import { createLabMachine } from '../lab/machine.js';
 
@@ -191,11 +186,6 @@ export function registerLabCommands(program: Command): void {
           }
         };
         try {
-          // The notification page (src/agent/notify.ts) is what a user answers through.
-          const notify = '../agent/notify.js';
-          const { answerNotification } = (await import(notify)) as {
-            answerNotification: AnswerNotification;
-          };
           const r = await runDemo({
             dir: o.dir,
             machines: o.machines,
