@@ -263,6 +263,10 @@ export const errorCodes = {
     exit: 1,
     help: "A file of the agent's kept area (`/.reimage`: journal, plan, identity) cannot be read as written. The message names it; the deployment stops there rather than guess.",
   },
+  AGENT_POLICY_UNUSABLE: {
+    exit: 1,
+    help: "The agent cannot turn an advertisement of its policy into a deployment: no PE image (name one in the package definition's `pe`, or register an image named `reimage-pe`), a state store on a share (the in-place deployment keeps it on the machine's disk), or a field of the wrong type. Reported once as status 9000 (step `plan`); nothing on the machine changed.",
+  },
   NOTIFICATION_NOT_PENDING: {
     exit: 1,
     http: 404,

@@ -14,7 +14,7 @@ export function agentVersion(): string {
 /** Exit code that asks the lab firmware (or the linux adapter's wrapper) to boot again. */
 export const EXIT_REBOOT = 3;
 
-const USAGE = `usage: agent run --role client|pe --machine LAB-MACHINE-DIR
+const USAGE = `usage: agent run --role client|pe --machine LAB-MACHINE-DIR [--once]
        agent --version`;
 
 /** Runs the agent with its arguments; resolves to the process exit code. */
@@ -32,15 +32,21 @@ export async function agentMain(argv: string[]): Promise<number> {
 }
 
 /**
- * `run`: what a boot of the machine does — go on with the deployment in progress (if any).
- * Exits 0 when there is nothing (more) to do, EXIT_REBOOT to boot again.
+ * `run`: what a boot of the machine does (docs/agent.md) — go on with the deployment in
+ * progress (if any), then, as the client, poll the policy and act on it until SIGTERM (or
+ * once, with `--once`). Exits 0 when done (the lab firmware then powers the machine off),
+ * EXIT_REBOOT to boot again.
  */
 async function run(argv: string[]): Promise<number> {
   let values;
   try {
     ({ values } = parseArgs({
       args: argv,
-      options: { role: { type: 'string' }, machine: { type: 'string' } },
+      options: {
+        role: { type: 'string' },
+        machine: { type: 'string' },
+        once: { type: 'boolean', default: false },
+      },
       strict: true,
     }));
   } catch (e) {
@@ -53,22 +59,36 @@ async function run(argv: string[]): Promise<number> {
     return 2;
   }
   // Loaded here, so that `--version` needs none of the engine's modules.
-  const { keptPaths, runDeployment } = await import('./deploy.js');
-  const { Outbox } = await import('./outbox.js');
+  const { runAgent } = await import('./daemon.js');
+  // The user is asked on a loopback web page and by `reimage agent prompt` (docs/notification.md).
+  const { askUser } = await import('./notify.js');
   const { labPlatform } = await import('./platform.js');
   const platform = labPlatform(values.machine);
-  const outbox = new Outbox(keptPaths(platform.root).outbox);
   const log = (line: string) =>
     process.stderr.write(`${new Date().toISOString()} agent ${agentVersion()} ${role}: ${line}\n`);
+  const stop = new AbortController();
+  const onTerm = () => {
+    log('SIGTERM: stopping');
+    stop.abort(new Error('SIGTERM'));
+  };
+  process.once('SIGTERM', onTerm);
   try {
-    const outcome = await runDeployment({ platform, outbox, role, log });
-    log(`deployment: ${outcome}`);
+    const result = await runAgent({
+      platform,
+      role,
+      once: values.once,
+      ask: askUser,
+      signal: stop.signal,
+      log,
+    });
+    log(`done (${result})`);
     return 0;
   } catch (e) {
+    if (stop.signal.aborted) return 0;
     log(`${isReimageError(e) ? e.code : 'INTERNAL'}: ${e instanceof Error ? e.stack : String(e)}`);
     return 1;
   } finally {
-    outbox.close();
+    process.removeListener('SIGTERM', onTerm);
   }
 }
 

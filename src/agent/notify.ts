@@ -38,11 +38,9 @@ export {
  * means; this module shows them and refuses anything else.
  */
 
-// The interface the daemon calls (copied unchanged from the task; the lead deduplicates it with
-// src/agent/ask.ts when merging).
-export interface NotificationRequest { advertisementId: string; advertisementName: string; packageName: string; packageVersion: string; kind: 'pre' | 'start'; message?: string; countdownEndsAt: string; startsAt?: string; buttons: { now: boolean; later: boolean; decline: boolean }; laterUntilMax?: string; whenNoAnswer: 'install' | 'postpone' | 'decline'; requireUserPermission: boolean; deadline?: string; } // prettier-ignore
-export type NotificationAnswer = { choice: 'now'; at: string; by: 'web' | 'terminal' } | { choice: 'later'; until: string; at: string; by: 'web' | 'terminal' } | { choice: 'decline'; at: string; by: 'web' | 'terminal' } | { choice: 'none'; at: string }; // prettier-ignore
-export type AskUser = (req: NotificationRequest, o: { root: string; signal?: AbortSignal; now?: () => Date }) => Promise<NotificationAnswer>; // prettier-ignore
+// The interface the daemon calls is defined with the daemon (src/agent/ask.ts).
+import type { AskUser, NotificationAnswer, NotificationRequest } from './ask.js';
+export type { AskUser, NotificationAnswer, NotificationRequest } from './ask.js';
 
 /** What `<root>/.reimage/notify/current.json` holds while a notification waits for its answer. */
 export interface PendingNotificationFile {

@@ -68,6 +68,9 @@ export interface PublishedAdvertisement {
     schedule: unknown;
   };
   package: PolicyAdvertisement['package'];
+  /** The package image's catalog record and the PE to boot (absent: the agent refuses to deploy). */
+  image?: PolicyAdvertisement['image'];
+  pe?: PolicyAdvertisement['pe'];
   /** Deployment settings; never with secrets (the publisher refuses those). */
   settings: unknown;
   effectivePolicy: unknown;
@@ -321,6 +324,8 @@ export async function readServerlessPolicy(
         availableFrom: from,
         deadline: doc.advertisement.deadline,
         package: doc.package,
+        image: doc.image ?? null,
+        pe: doc.pe ?? null,
         settings: doc.settings,
         effectivePolicy: doc.effectivePolicy,
         schedule: doc.advertisement.schedule,

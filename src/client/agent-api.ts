@@ -30,6 +30,21 @@ export interface PolicyAdvertisement {
     imageId: string;
     definition: unknown;
   };
+  /** The package image as the catalog knows it (null: not in the catalog). */
+  image: {
+    id: string;
+    name: string;
+    format: string;
+    /** Bytes of the applied tree. */
+    size: number;
+    /** Capture properties: `os`, `version`, `arch`… */
+    properties: Record<string, string>;
+  } | null;
+  /**
+   * The PE to boot for phase 2, resolved by the server from the package definition's `pe`
+   * (default: the newest image named `reimage-pe`); null when there is none.
+   */
+  pe: { imageId: string; name: string; program: string } | null;
   /** Deployment settings, with secrets. */
   settings: unknown;
   effectivePolicy: unknown;
@@ -46,4 +61,50 @@ export interface MachinePolicy {
   generatedAt: string;
   pollSeconds: number;
   advertisements: PolicyAdvertisement[];
+}
+
+/** What a client reports about its machine (`PUT /api/v1/client/inventory`). */
+export interface AgentInventory {
+  hostname?: string;
+  os?: string;
+  osVersion?: string;
+  arch?: string;
+  model?: string;
+  manufacturer?: string;
+  serial?: string;
+  diskSizeGb?: number;
+  diskFreeGb?: number;
+  memoryGb?: number;
+  cpuCount?: number;
+  macs?: string[];
+  ips?: string[];
+}
+
+/** The body of `PUT /api/v1/client/inventory`. */
+export interface InventoryReport {
+  inventory: AgentInventory;
+  clientVersion?: string;
+  /** The image this machine runs, when the client knows it. */
+  appliedImageId?: string | null;
+}
+
+/** The body of `POST /api/v1/client/enroll`. */
+export interface EnrollRequest extends InventoryReport {
+  token: string;
+  name: string;
+}
+
+/** What `POST /api/v1/client/enroll` answers: the credential is shown this once. */
+export interface EnrollResponse {
+  machine: { id: string; name: string; site: string | null };
+  credential: string;
+}
+
+/** One message of `POST /api/v1/client/status`. */
+export interface StatusMessageIn {
+  seq: number;
+  id: number;
+  time: string;
+  advertisementId?: string;
+  properties?: Record<string, unknown>;
 }

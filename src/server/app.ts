@@ -16,6 +16,7 @@ import type { Catalog } from '../catalog/catalog.js';
 import type { ContentStore } from '../content/store.js';
 import { errorCodes, isReimageError, ReimageError } from '../errors.js';
 import { authenticate, type Access } from './auth.js';
+import { registerConsole } from './console.js';
 import { ErrorBody } from './routes/common.js';
 import { registerRoutes } from './routes/index.js';
 import { LoginThrottle } from './login-throttle.js';
@@ -39,6 +40,8 @@ export interface ServerDeps {
   clock?: () => number;
   /** Time as replication sees it for DP windows (tests move it on instead of waiting). */
   replicationClock?: Clock;
+  /** The built web console to serve at `/` (default dist/console; `false`: none). */
+  consoleDir?: string | false;
   /** Failed-login counting (made by createServer when not given). */
   loginThrottle?: LoginThrottle;
 }
@@ -156,6 +159,7 @@ export async function createServer(deps: ServerDeps) {
   );
 
   await registerRoutes(app);
+  await registerConsole(app, deps.consoleDir);
   return app;
 }
 

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { waveOf } from './policy.js';
+import type { ImageRecord } from '../catalog/catalog.js';
+import { resolvePe, waveOf } from './policy.js';
 
 const ad = { id: 'ad-1' };
 const ids = (n: number) => Array.from({ length: n }, () => randomUUID());
@@ -34,5 +35,41 @@ describe('rollout waves', () => {
   it('no waves: everyone is in wave 1', () => {
     const members = ids(5);
     assert.ok(members.every((m) => waveOf(ad, {}, members, m) === 1));
+  });
+});
+
+describe('the PE of a package', () => {
+  const image = (id: string, name: string, at: string, properties: Record<string, string> = {}) =>
+    ({
+      id: id.repeat(64),
+      name,
+      format: 'native',
+      properties,
+      size: 1,
+      storedSize: 1,
+      fileCount: 1,
+      sourceMachine: null,
+      inventory: null,
+      registeredAt: at,
+      registeredBy: 'test',
+    }) satisfies ImageRecord;
+  const images = [
+    image('a', 'reimage-pe', '2030-01-01T00:00:00.000Z'),
+    image('b', 'reimage-pe', '2030-01-02T00:00:00.000Z'),
+    image('c', 'lab-pe', '2030-01-01T00:00:00.000Z', { osVersion: '1', 'custom.program': '/x' }),
+    image('d', 'lab-pe', '2030-01-03T00:00:00.000Z', { osVersion: '2' }),
+  ];
+
+  it('named: the newest of that name (and version); default: the newest reimage-pe; else null', () => {
+    assert.equal(resolvePe(images, {})?.imageId, 'b'.repeat(64));
+    assert.equal(resolvePe(images, { pe: { name: 'lab-pe' } })?.imageId, 'd'.repeat(64));
+    assert.deepEqual(resolvePe(images, { pe: { name: 'lab-pe', version: '1' } }), {
+      imageId: 'c'.repeat(64),
+      name: 'lab-pe',
+      program: '/x',
+    });
+    assert.equal(resolvePe(images, { pe: { name: 'lab-pe' } })?.program, '/agent.bundle');
+    assert.equal(resolvePe(images, { pe: { name: 'lab-pe', version: '3' } }), null);
+    assert.equal(resolvePe([], {}), null);
   });
 });

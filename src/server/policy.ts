@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
 import type { Static } from '@sinclair/typebox';
-import type { Advertisement, Machine } from '../catalog/catalog.js';
+import type { Advertisement, ImageRecord, Machine } from '../catalog/catalog.js';
 import { effectivePolicy } from '../package/effective.js';
 import type { AdvertisementPolicy } from '../package/schema.js';
 import type { ServerDeps } from './app.js';
@@ -12,6 +12,14 @@ import { orderLocations } from './site.js';
 import { stateStoreKey } from './state-key.js';
 
 const POLL_SECONDS = 900;
+
+/**
+ * The PE a package gets when its definition names none: the newest image of this name
+ * (docs/agent.md). Its agent program is at {@link DEFAULT_PE_PROGRAM} unless the image's
+ * `program` property says otherwise.
+ */
+export const DEFAULT_PE_NAME = 'reimage-pe';
+export const DEFAULT_PE_PROGRAM = '/agent.bundle';
 
 export const Policy = Type.Object({
   machineId: Type.String(),
@@ -40,6 +48,32 @@ export const Policy = Type.Object({
         imageId: Type.String(),
         definition: Type.Unknown(),
       }),
+      image: Type.Union(
+        [
+          Type.Object({
+            id: Type.String(),
+            name: Type.String(),
+            format: Type.String(),
+            size: Type.Number({ description: 'bytes of the applied tree' }),
+            properties: Type.Record(Type.String(), Type.String()),
+          }),
+          Type.Null(),
+        ],
+        { description: 'the package image as the catalog knows it (os, arch, version properties)' },
+      ),
+      pe: Type.Union(
+        [
+          Type.Object({
+            imageId: Type.String(),
+            name: Type.String(),
+            program: Type.String({ description: 'path of the agent program inside the PE image' }),
+          }),
+          Type.Null(),
+        ],
+        {
+          description: `the PE to boot for phase 2: the newest image named as the package definition's pe says (name, and version property when given), else the newest image named ${DEFAULT_PE_NAME}; null when there is none`,
+        },
+      ),
       settings: Type.Unknown({ description: 'deployment settings, with secrets' }),
       effectivePolicy: Type.Unknown(),
       schedule: Type.Unknown(),
@@ -114,6 +148,7 @@ export async function machinePolicy(deps: ServerDeps, machine: Machine): Promise
   const ips = ((machine.inventory as { ips?: string[] }).ips ?? []) as string[];
   const content = orderLocations(dps, machine.site, ips);
   const out: Policy['advertisements'] = [];
+  const images = await catalog.listImages();
   for (const ad of await catalog.listAdvertisements()) {
     if (!ad.enabled) continue;
     const collection = await catalog.getCollection(ad.collectionId);
@@ -146,6 +181,8 @@ export async function machinePolicy(deps: ServerDeps, machine: Machine): Promise
         imageId: pkg.imageId,
         definition: pkg.definition,
       },
+      image: imageOf(images.find((i) => i.id === pkg.imageId)),
+      pe: resolvePe(images, pkg.definition),
       settings,
       effectivePolicy: effectivePolicy(settings, ad.policy as AdvertisementPolicy),
       schedule,
@@ -160,5 +197,43 @@ export async function machinePolicy(deps: ServerDeps, machine: Machine): Promise
     generatedAt: new Date(now).toISOString(),
     pollSeconds: POLL_SECONDS,
     advertisements: out,
+  };
+}
+
+function imageOf(i: ImageRecord | undefined): Policy['advertisements'][number]['image'] {
+  if (!i) return null;
+  return { id: i.id, name: i.name, format: i.format, size: i.size, properties: i.properties };
+}
+
+/**
+ * The PE for a package: the newest image (by registration) named as its definition's `pe`
+ * says — with `version`, only images captured with that version (`--property version=V`,
+ * the catalog's `osVersion`) — or, when the definition names none, the newest image named
+ * {@link DEFAULT_PE_NAME}. The agent program is at the image's `program` property
+ * (`--property program=/path`), else {@link DEFAULT_PE_PROGRAM}.
+ */
+export function resolvePe(
+  images: readonly ImageRecord[],
+  definition: unknown,
+): Policy['advertisements'][number]['pe'] {
+  const want = (definition as { pe?: { name?: unknown; version?: unknown } } | null)?.pe;
+  const name = typeof want?.name === 'string' ? want.name : DEFAULT_PE_NAME;
+  const version = typeof want?.version === 'string' ? want.version : undefined;
+  const found = images
+    .filter(
+      (i) =>
+        i.name === name &&
+        (version === undefined ||
+          i.properties['osVersion'] === version ||
+          i.properties['custom.version'] === version),
+    )
+    .sort((a, b) =>
+      a.registeredAt < b.registeredAt ? 1 : a.registeredAt > b.registeredAt ? -1 : 0,
+    )[0];
+  if (!found) return null;
+  return {
+    imageId: found.id,
+    name: found.name,
+    program: found.properties['custom.program'] ?? DEFAULT_PE_PROGRAM,
   };
 }

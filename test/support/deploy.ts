@@ -28,8 +28,11 @@ export interface DeployFixture {
 export async function makeDeployFixture(
   base: string,
   bundle: (where: 'os' | 'pe') => string,
+  opts: {
+    /** The content store to capture into (default `BASE/dp`), e.g. a server's library. */ dp?: string;
+  } = {},
 ): Promise<DeployFixture> {
-  const dp = join(base, 'dp');
+  const dp = opts.dp ?? join(base, 'dp');
   const store = ContentStore.open(dp, { create: true });
   const newOs = join(base, 'new-os');
   await makeNewOsTree(newOs, { osVersion: '13' });
