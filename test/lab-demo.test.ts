@@ -124,6 +124,15 @@ describe('lab user-data hashes', () => {
 });
 
 describe('lab demo', () => {
+  it('refuses a work folder that holds anything but an earlier demo, and changes nothing', async () => {
+    const dir = path.join(work, 'not-a-demo');
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'precious.txt'), 'keep me');
+    await assert.rejects(prepareDemo({ dir, machines: 1 }), { code: 'INVALID_ARGUMENT' });
+    assert.deepEqual(fs.readdirSync(dir), ['precious.txt']);
+    assert.equal(fs.readFileSync(path.join(dir, 'precious.txt'), 'utf8'), 'keep me');
+  });
+
   it('prepares the lab: packages replicated through the links, machines configured and hashed', async () => {
     const lab = await prepareDemo({ dir: path.join(work, 'prepare'), machines: 2 });
     try {
