@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
@@ -134,7 +135,10 @@ describe('lab demo', () => {
   });
 
   it('prepares the lab: packages replicated through the links, machines configured and hashed', async () => {
-    const lab = await prepareDemo({ dir: path.join(work, 'prepare'), machines: 2 });
+    // Below a package.json that says "type": "module", as ./lab-data/demo of a checkout is.
+    fs.mkdirSync(path.join(work, 'esm'));
+    fs.writeFileSync(path.join(work, 'esm/package.json'), '{"type": "module"}\n');
+    const lab = await prepareDemo({ dir: path.join(work, 'esm/prepare'), machines: 2 });
     try {
       assert.equal(lab.sites.length, 2);
       for (const s of lab.sites) {
@@ -164,6 +168,16 @@ describe('lab demo', () => {
           (fs.statSync(path.join(etc, 'enrollment-token')).mode & 0o777).toString(8),
           '600',
         );
+        // The client on the disk runs there (the work folder is its own package scope).
+        const version = execFileSync(
+          process.execPath,
+          [path.join(m.disk, 'usr/lib/reimage/agent.bundle'), '--version'],
+          {
+            encoding: 'utf8',
+            env: { ...process.env, REIMAGE_AGENT_RUN_DIR: path.join(work, 'run') },
+          },
+        );
+        assert.equal(version.trim(), lab.versions.old);
         const files = Object.keys(m.before);
         assert.ok(files.some((f) => f.startsWith('home/')));
         assert.ok(

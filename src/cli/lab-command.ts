@@ -219,7 +219,13 @@ export function registerLabCommands(program: Command): void {
             process.stdout.write(
               o.json ? `${JSON.stringify(jsonResult(r), null, 2)}\n` : summary(r),
             );
-          if (!r.ok) process.exitCode = 1;
+          const off = r.machines.filter((m) => m.endState !== m.expected || !m.userDataIntact);
+          if (off.length > 0)
+            throw new ReimageError(
+              'LAB_DEMO_UNEXPECTED',
+              `${off.length} machine(s) did not end as expected: ${off.map((m) => `${m.name} ${m.endState}${m.userDataIntact ? '' : ', user data changed'}`).join('; ')}`,
+              { details: { reported: true } },
+            );
         } finally {
           process.off('SIGINT', stop);
           process.off('SIGTERM', stop);

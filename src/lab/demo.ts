@@ -498,6 +498,17 @@ function prepareWorkFolder(dir: string): void {
     path.join(dir, MARKER),
     'reimage lab demo work folder: emptied by the next demo\n',
   );
+  // The machines' disks are other computers: a package.json of the checkout above them (the
+  // default folder is ./lab-data/demo, "type": "module") must not decide how Node loads the
+  // agent bundles on them (docs/lab.md, "Limits").
+  fs.writeFileSync(
+    path.join(dir, 'package.json'),
+    JSON.stringify(
+      { private: true, description: 'reimage lab demo work folder', type: 'commonjs' },
+      null,
+      2,
+    ) + '\n',
+  );
 }
 
 /** The model computer: a generated Debian 12 tree without users, data or client identity. */
