@@ -38,7 +38,14 @@ try {
   }
   const write = performance.now() - t;
   t = performance.now();
-  const r = await importStatusDrop(catalog, drop);
+  const r = await importStatusDrop(catalog, drop, (m, messages) =>
+    catalog.status.ingest(m.id, messages, {
+      site: m.site,
+      model: null,
+      clientVersion: m.clientVersion,
+      diskBand: null,
+    }),
+  );
   const imported = performance.now() - t;
   const files = machines * batches;
   console.log(

@@ -251,6 +251,10 @@ export const errorCodes = {
     exit: 1,
     help: "Phase 1's checks refused the deployment before anything changed: the image's OS family or architecture does not match the machine, the disk lacks space for the staged content and the new OS, or the client has no identity. The message says which.",
   },
+  DISK_FULL: {
+    exit: 1,
+    help: 'The disk ran out of space while applying an image (or would: the estimate before the apply says how much is missing). What the apply wrote was removed again; in a deployment the machine rolls back to its old OS. Free space on the disk (or give the machine a larger one) and deploy again.',
+  },
   PE_INVALID: {
     exit: 1,
     help: 'The PE image of the package does not hold the agent program the package names (`pe.program`). Rebuild the PE image.',

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type {
@@ -10,7 +10,7 @@ import type {
   StatusMessageIn,
 } from '../client/agent-api.js';
 import { AgentServerClient } from '../client/agent-client.js';
-import { isReimageError } from '../errors.js';
+import { isReimageError, type ReimageError } from '../errors.js';
 import { noUserInterface } from './ask.js';
 import type { AskUser, NotificationAnswer } from './ask.js';
 import {
@@ -29,6 +29,7 @@ import { readJsonFile, writeFileAtomic } from './files.js';
 import { appliedImageId, collectInventory, writeAppliedImage } from './inventory.js';
 import { agentVersion } from './main.js';
 import { Outbox, PermanentRefusal } from './outbox.js';
+import { ServerlessConnection } from './serverless-connection.js';
 import type { OutboxEntry, SendBatch, StatusMessage } from './outbox.js';
 import type { Platform } from './platform.js';
 
@@ -40,7 +41,7 @@ import type { Platform } from './platform.js';
  * decide (src/agent/daemon-schedule.ts) — wait, ask the user, or start a deployment.
  */
 
-/** What the daemon talks to: the management server (or, later, a serverless location). */
+/** What the daemon talks to: the management server, or a serverless location (src/agent/serverless-connection.ts). */
 export interface AgentConnection {
   enroll(body: EnrollRequest, signal?: AbortSignal): Promise<EnrollResponse>;
   reportInventory(body: InventoryReport, signal?: AbortSignal): Promise<void>;
@@ -68,7 +69,11 @@ export interface DaemonOptions {
   /** Stops the loop (SIGTERM). */
   signal?: AbortSignal;
   log?: (line: string) => void;
-  /** How to reach the server, given the client's configuration and credential. */
+  /**
+   * How to reach the server, given the client's configuration and credential (default: the
+   * server's API, or a {@link ServerlessConnection} when client.json has `serverless` and no
+   * `server`).
+   */
   connect?: (config: ClientConfig, credential: string | undefined) => AgentConnection;
 }
 
@@ -129,6 +134,8 @@ class Daemon {
   private conn: AgentConnection | undefined;
   private guid: string | undefined;
   private inventorySent = false;
+  /** Published files the serverless location's last read left out (reported as 9002). */
+  private rejected: ReimageError[] = [];
 
   constructor(private readonly o: DaemonOptions) {
     this.root = o.platform.root;
@@ -191,12 +198,15 @@ class Daemon {
 
   // ---------------------------------------------------------------- server
 
-  /** The connection, once the client has a server, a GUID and a credential. */
+  /**
+   * The connection, once the client has a server, a GUID and a credential — or, serverless,
+   * a location and a GUID.
+   */
   private connection(): { conn: AgentConnection; guid: string } | undefined {
     if (this.conn && this.guid) return { conn: this.conn, guid: this.guid };
     const cfg = this.config();
     const credential = this.credential();
-    if (!cfg?.server || !credential || !cfg.guid) return undefined;
+    if (!cfg?.guid || !(isServerless(cfg) || (cfg.server && credential))) return undefined;
     this.conn?.close();
     this.conn = this.connect(cfg, credential);
     this.guid = cfg.guid;
@@ -205,6 +215,22 @@ class Daemon {
 
   private connect(cfg: ClientConfig, credential: string | undefined): AgentConnection {
     if (this.o.connect) return this.o.connect(cfg, credential);
+    if (isServerless(cfg)) {
+      const guid = cfg.guid!;
+      return new ServerlessConnection(
+        cfg.serverless,
+        () => {
+          const applied = appliedImageId(this.root);
+          return {
+            guid,
+            name: this.machineName(),
+            ...(cfg.site ? { site: cfg.site } : {}),
+            ...(applied ? { appliedImageId: applied } : {}),
+          };
+        },
+        { onRejected: (e) => this.rejected.push(e), now: this.now },
+      );
+    }
     return new AgentServerClient({
       server: cfg.server!,
       ...(cfg.fingerprint ? { fingerprint: cfg.fingerprint } : {}),
@@ -344,16 +370,17 @@ class Daemon {
   /** One poll cycle; resolves to the time until the next one (undefined: not configured). */
   private async cycle(): Promise<number | undefined> {
     await this.flush();
-    const cfg = this.config();
-    if (!cfg?.server) {
-      this.log(`no server in ${CLIENT_CONFIG}: nothing to do`);
+    let cfg = this.config();
+    if (!cfg?.server && !cfg?.serverless) {
+      this.log(`no server (nor serverless location) in ${CLIENT_CONFIG}: nothing to do`);
       return undefined;
     }
+    if (isServerless(cfg) && !cfg.guid) cfg = this.makeGuid(cfg);
     const st = this.state();
     const pollSeconds = cfg.pollSeconds ?? this.cachedPoll() ?? DEFAULT_POLL_SECONDS;
     let policy: MachinePolicy;
     try {
-      if (!this.credential()) {
+      if (!isServerless(cfg) && !this.credential()) {
         const token = readSecret(join(this.root, CLIENT_ENROLLMENT_TOKEN));
         if (!token) {
           this.log('not enrolled, and no enrollment token: nothing to do');
@@ -368,6 +395,7 @@ class Daemon {
       const c = this.connection();
       if (!c) return undefined;
       await this.reportInventory(st);
+      this.rejected = [];
       policy = await c.conn.policy(this.o.signal);
     } catch (e) {
       if (this.o.signal?.aborted) throw e;
@@ -382,6 +410,7 @@ class Daemon {
       });
       return ms;
     }
+    for (const e of this.rejected) await this.refused(e);
     if (policy.machineId && this.guid && policy.machineId !== this.guid)
       this.log(`the server calls this machine ${policy.machineId}, the client ${this.guid}`);
     writeFileAtomic(
@@ -400,6 +429,43 @@ class Daemon {
     }
     await this.flush();
     return next;
+  }
+
+  /** The machine's name as it enrolls (and as serverless targets name it). */
+  private machineName(): string {
+    try {
+      return collectInventory(this.o.platform).hostname ?? this.o.platform.identity().name;
+    } catch {
+      return this.o.platform.identity().name; // e.g. in the PE, with the old OS wiped
+    }
+  }
+
+  /**
+   * Serverless: the machine's GUID, made here on the first run and saved in client.json
+   * before anything (a status message, a drop file) uses it.
+   */
+  private makeGuid(cfg: ClientConfig): ClientConfig {
+    const withGuid: ClientConfig = { ...cfg, guid: randomUUID() };
+    writeFileAtomic(
+      join(this.root, CLIENT_CONFIG),
+      `${JSON.stringify(withGuid, null, 2)}\n`,
+      0o644,
+    );
+    this.log(`serverless: machine GUID ${withGuid.guid} made`);
+    return withGuid;
+  }
+
+  /** A published advertisement left out (bad signature, malformed): reported once, never deployed. */
+  private async refused(e: ReimageError): Promise<void> {
+    const file = e.details['file'];
+    const name =
+      typeof file === 'string' ? file.replace(/^.*\//, '').replace(/\.json$/, '') : 'unknown';
+    this.log(`serverless: ${e.code}: ${e.message}`);
+    await this.status(9002, `serverless/refused/${String(file)}/${e.code}/${e.message}`, {
+      name,
+      code: e.code,
+      message: e.message.slice(0, 2000),
+    });
   }
 
   private cachedPoll(): number | undefined {
@@ -653,6 +719,13 @@ class Daemon {
     this.log(`advertisement ${ad.name}: deployment ${deploymentId} started (${why})`);
     await this.deploy(made.plan);
   }
+}
+
+/** Serverless mode: a published location and no server (docs/serverless.md). */
+function isServerless(
+  cfg: ClientConfig,
+): cfg is ClientConfig & { serverless: NonNullable<ClientConfig['serverless']> } {
+  return !cfg.server && cfg.serverless !== undefined;
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

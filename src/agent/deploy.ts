@@ -4,7 +4,8 @@ import { isReimageError, ReimageError } from '../errors.js';
 import { openRemote } from '../content/remote.js';
 import type { RemoteStore } from '../content/remote.js';
 import { ContentStore } from '../content/store.js';
-import { applyImage } from '../image/apply.js';
+import { applyImage, estimateApply, restoreReused, unshareReused } from '../image/apply.js';
+import type { ReuseOptions } from '../image/apply.js';
 import { fetchImageSeeded } from '../image/fetch.js';
 import type { UserPolicy } from '../migrate/accounts.js';
 import type { MachineStateSettings } from '../migrate/machine-state.js';
@@ -47,6 +48,11 @@ export interface DeploymentPlan {
   rollbackRetainDays: number;
   /** Download everything in phase 1, so phase 2 needs no network. */
   prestage: boolean;
+  /**
+   * Phase 2 hard-links the old OS's files that are identical to the image's instead of
+   * writing them (default true; docs/deploy-performance.md).
+   */
+  reuseOldFiles?: boolean;
   /** The local state store (an absolute path on the machine, kept by the wipe). */
   stateStore: { path: string };
   migration?: { ruleSets?: string[]; rules?: RuleComponent[] };
@@ -79,6 +85,9 @@ export interface EngineOptions {
   now?: () => Date;
   signal?: AbortSignal;
 }
+
+/** Free space kept beyond the apply's estimate (journals, the status outbox, logs). */
+const SPACE_MARGIN = 16 * 1024 * 1024;
 
 /** The kept area of the machine's disk (never an OS path). */
 export const KEPT = '.reimage';
@@ -243,7 +252,12 @@ class Engine {
         items: captured.items,
         bytes: captured.bytes,
       });
-      if (plan.prestage) await this.step('prestage', () => this.fetch(plan.image.id));
+      if (plan.prestage)
+        await this.step('prestage', async () => {
+          const r = await this.fetch(plan.image.id);
+          this.checkApplySpace('DEPLOYMENT_CHECK_FAILED'); // now with the image's manifest
+          return r;
+        });
       await this.step('install-pe', () => this.installPe());
     } catch (e) {
       return this.failBeforeChanges(this.j.last()?.step ?? 'phase1', errorCode(e), errorMessage(e));
@@ -282,8 +296,11 @@ class Engine {
       );
     this.machineGuid(); // throws when the client has no identity
     const free = this.o.platform.freeBytes();
-    // The new OS is applied beside the old one (its files that are new), the content is staged,
-    // and the state store holds hard links: the image's size twice is a safe upper bound.
+    // The new OS is applied beside the old one and the content is staged; the state store
+    // holds hard links. Before the image's manifest is here, the image's size twice bounds it
+    // (staged content ≤ the image, the apply ≤ the image); the exact figure, with the old
+    // files the apply will reuse, is checked again once the content is staged (prestage) and
+    // before the apply in phase 2.
     const need = plan.image.bytes * 2;
     if (free < need)
       throw new ReimageError(
@@ -291,6 +308,42 @@ class Engine {
         `Not enough free disk space: ${free} bytes free, ${need} needed (the image and its staged content).`,
       );
     return { freeBytes: free };
+  }
+
+  /** Which of the image's paths the apply may take from the old OS: the wipe's OS paths. */
+  private reuse(): ReuseOptions | undefined {
+    const plan = this.plan;
+    if (plan.reuseOldFiles === false) return undefined;
+    const under = (rel: string, p: string) => rel === p || rel.startsWith(`${p}/`);
+    const os = plan.wipe.osPaths.map((p) => p.replace(/^\/+|\/+$/g, ''));
+    const keep = plan.wipe.keep.map((p) => p.replace(/^\/+|\/+$/g, ''));
+    return {
+      root: this.root,
+      include: (rel) =>
+        os.some((p) => p !== '' && under(rel, p)) && !keep.some((k) => under(rel, k)),
+    };
+  }
+
+  /**
+   * Refuses (before anything is written) when the disk cannot hold the new OS beside the old
+   * one: the apply's blocks and inodes, less the old files it will reuse, plus a margin.
+   */
+  private checkApplySpace(code: 'DEPLOYMENT_CHECK_FAILED' | 'DISK_FULL') {
+    const est = estimateApply({
+      store: this.staging(),
+      image: this.plan.image.id,
+      reuse: this.reuse(),
+    });
+    const need = est.bytes + SPACE_MARGIN;
+    const free = this.o.platform.freeBytes();
+    if (free < need)
+      throw new ReimageError(
+        code,
+        `Not enough free disk space to apply the image: ${free} bytes free, ${need} needed ` +
+          `(${est.imageBytes} bytes of files, of which ${est.reusableBytes} reused from the old OS).`,
+        { details: { freeBytes: free, neededBytes: need, reusableBytes: est.reusableBytes } },
+      );
+    return est;
   }
 
   private machineGuid(): string {
@@ -372,14 +425,27 @@ class Engine {
       });
       const applied = await this.step('apply', async (attempt) => {
         if (attempt > 1) rmSync(this.p.newOs, { recursive: true, force: true });
+        this.checkApplySpace('DISK_FULL');
+        // The old OS is still in place: its identical files are hard-linked, not written.
         const r = await applyImage({
           store: this.staging(),
           image: plan.image.id,
           target: this.p.newOs,
           signal: this.o.signal,
           onProgress: () => failpoint('apply.progress'),
+          reuse: this.reuse(),
         });
-        return { entries: r.entries, bytes: r.bytes };
+        // Before the new OS can run: a rollback checks these again (restoreReused).
+        writeFileAtomic(
+          join(this.p.deployment, 'reused.json'),
+          JSON.stringify({ image: plan.image.id, entries: r.reusedEntries }),
+        );
+        return {
+          entries: r.entries,
+          bytes: r.bytes,
+          reusedFiles: r.reused.files,
+          reusedBytes: r.reused.bytes,
+        };
       });
       // Two steps, so that a re-run after a kill knows which way the paths were going.
       const aside = await this.step('swap-aside', () =>
@@ -393,7 +459,12 @@ class Engine {
         paths: swapped.movedAside,
         conflicts: swapped.conflicts.length,
       });
-      await this.status(4003, 'apply/done', { image: plan.image.id, bytes: applied.bytes });
+      await this.status(4003, 'apply/done', {
+        image: plan.image.id,
+        bytes: applied.bytes,
+        reusedFiles: applied.reusedFiles ?? 0,
+        reusedBytes: applied.reusedBytes ?? 0,
+      });
       await this.step('boot-os', () => {
         const program = join(this.root, plan.newClient.program);
         if (!existsSync(program))
@@ -441,7 +512,9 @@ class Engine {
       return this.rollback(e);
     }
     await this.status(5003, 'succeeded', { image: plan.image.id, clientVersion: agentVersion() });
-    await this.step('cleanup', () => {
+    await this.step('cleanup', async () => {
+      // A kept old OS must not share inodes with the running one: give it its own copies.
+      if (plan.rollbackRetainDays > 0) await this.unshareReused();
       for (const d of [this.p.newOs, this.p.failedOs, this.p.pe, this.p.staging])
         rmSync(d, { recursive: true, force: true });
       if (plan.rollbackRetainDays <= 0) rmSync(this.p.rollback, { recursive: true, force: true });
@@ -472,8 +545,9 @@ class Engine {
       code,
       message: errorMessage(e).slice(0, 2000),
     });
-    await this.j.run('rollback', () => {
+    await this.j.run('rollback', async () => {
       undoSwap(this.root, this.p.rollback, this.p.placed, this.p.failedOs);
+      await this.restoreReused();
       const old = readJsonFile<BootEntry>(join(this.p.deployment, 'old-os-boot.json'));
       if (old) this.o.platform.setBootEntry('os', old);
       this.o.platform.setDefaultBoot('os');
@@ -482,6 +556,49 @@ class Engine {
     });
     this.j.done('rolled-back', { step: failedStep, code });
     return this.reboot();
+  }
+
+  private reusedFiles(): { image: string; entries: number[] } | undefined {
+    const r = readJsonFile<{ image: string; entries: number[] }>(
+      join(this.p.deployment, 'reused.json'),
+    );
+    return r && Array.isArray(r.entries) && r.entries.length > 0 ? r : undefined;
+  }
+
+  /** The old OS's files the apply hard-linked: changed in place since? Written again. */
+  private async restoreReused(): Promise<void> {
+    const r = this.reusedFiles();
+    if (!r) return;
+    try {
+      const got = await restoreReused({
+        store: this.staging(),
+        image: r.image,
+        root: this.root,
+        entries: r.entries,
+      });
+      this.log(`rollback: ${got.checked} reused files checked, ${got.restored} written again`);
+    } catch (e) {
+      // The old OS is back; a file the new OS changed could not be written again.
+      this.log(`rollback: reused files not all restored: ${errorMessage(e)}`);
+    }
+  }
+
+  private async unshareReused(): Promise<void> {
+    const r = this.reusedFiles();
+    // No staged content: a cleanup re-run after a kill, which unshared before it deleted it.
+    if (!r || !existsSync(this.p.staging)) return;
+    try {
+      const got = await unshareReused({
+        store: this.staging(),
+        image: r.image,
+        root: this.root,
+        aside: this.p.rollback,
+        entries: r.entries,
+      });
+      this.log(`cleanup: ${got.unshared} reused files copied in the kept old OS`);
+    } catch (e) {
+      this.log(`cleanup: the kept old OS still shares reused files: ${errorMessage(e)}`);
+    }
   }
 
   private async finish(outcome: DeploymentOutcome): Promise<DeploymentOutcome> {

@@ -4,6 +4,7 @@ import type { Kysely, Transaction } from 'kysely';
 import { ReimageError } from '../errors.js';
 import type { CatalogDb, Dialect } from './db.js';
 import { fromJson, isoNow, notFound, num, toJson, write } from './rows.js';
+import { StatusStore } from './status-store.js';
 import type { AdvertisementRow, MachineRow, PackageRow, Tables } from './tables.js';
 
 export type Role = 'admin' | 'operator' | 'read-only';
@@ -215,11 +216,14 @@ export class Catalog {
   readonly dialect: Dialect;
   private readonly db: Kysely<Tables>;
   private readonly now: () => string;
+  /** Status ingest and the tables derived from it (not part of `transaction`: it has its own). */
+  readonly status: StatusStore;
 
   constructor(catalogDb: CatalogDb, clock: () => number = Date.now) {
     this.db = catalogDb.db;
     this.dialect = catalogDb.dialect;
     this.now = () => isoNow(clock);
+    this.status = new StatusStore(catalogDb, clock);
   }
 
   /** Runs `fn` in one transaction: everything it writes lands, or nothing does. */

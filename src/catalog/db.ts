@@ -12,6 +12,8 @@ export interface CatalogDb {
   readonly dialect: Dialect;
   /** Where it is, with any password removed (safe to log). */
   readonly location: string;
+  /** The SQLite handle behind `db` (SQLite only): the status ingest runs prepared statements on it. */
+  readonly sqlite?: Database.Database;
   close(): Promise<void>;
 }
 
@@ -53,7 +55,7 @@ export function openCatalogDb(url: string): CatalogDb {
   sqlite.pragma('foreign_keys = ON');
   sqlite.pragma('busy_timeout = 5000');
   const db = new Kysely<Tables>({ dialect: new SqliteDialect({ database: sqlite }) });
-  return { db, dialect: 'sqlite', location: file, close: () => db.destroy() };
+  return { db, dialect: 'sqlite', location: file, sqlite, close: () => db.destroy() };
 }
 
 /** What a database error means for the caller: a duplicate, a dangling reference, or a failure. */

@@ -194,6 +194,83 @@ export const migrations: Record<string, Migration> = {
       await db.schema.alterTable('images').addColumn('inventory', 'text').execute();
     },
   },
+  '0006-status-summary': {
+    async up(db: AnyDb) {
+      // Derived from status messages at ingest, so that summaries and trends never scan the
+      // messages: where each machine stands in each advertisement (with the attributes trends
+      // group by, taken when the deployment was first seen), each machine's latest message,
+      // state changes per advertisement in 5-minute buckets, and each rollout's halt.
+      await db.schema
+        .createTable('deployment_states')
+        .addColumn('advertisement_id', 'text', (c) => c.notNull())
+        .addColumn('machine_id', 'text', (c) =>
+          c.notNull().references('machines.id').onDelete('cascade'),
+        )
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('state_seq', 'integer', (c) => c.notNull())
+        .addColumn('state_time', 'text', now)
+        .addColumn('first_time', 'text', now)
+        .addColumn('last_seq', 'integer', (c) => c.notNull())
+        .addColumn('postponed_until', 'text')
+        .addColumn('failure_message_id', 'integer')
+        .addColumn('failure_code', 'text')
+        .addColumn('failure_step', 'text')
+        .addColumn('failure_seq', 'integer')
+        .addColumn('dp', 'text')
+        .addColumn('dp_seq', 'integer')
+        .addColumn('site', 'text')
+        .addColumn('model', 'text')
+        .addColumn('client_version', 'text')
+        .addColumn('disk_band', 'text')
+        .addColumn('image', 'text')
+        .addPrimaryKeyConstraint('deployment_states_pk', ['advertisement_id', 'machine_id'])
+        .execute();
+      await db.schema
+        .createIndex('deployment_states_state')
+        .on('deployment_states')
+        .columns(['state', 'advertisement_id'])
+        .execute();
+      await db.schema
+        .createIndex('deployment_states_machine')
+        .on('deployment_states')
+        .column('machine_id')
+        .execute();
+      await db.schema
+        .createTable('machine_status')
+        .addColumn('machine_id', 'text', (c) =>
+          c.primaryKey().references('machines.id').onDelete('cascade'),
+        )
+        .addColumn('last_seq', 'integer', (c) => c.notNull())
+        .addColumn('last_message_id', 'integer', (c) => c.notNull())
+        .addColumn('last_time', 'text', now)
+        .addColumn('last_severity', 'text', (c) => c.notNull())
+        .addColumn('advertisement_id', 'text')
+        .addColumn('messages', 'integer', (c) => c.notNull())
+        .addColumn('updated_at', 'text', now)
+        .execute();
+      await db.schema
+        .createTable('status_buckets')
+        .addColumn('advertisement_id', 'text', (c) => c.notNull())
+        .addColumn('bucket', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('entered', 'integer', (c) => c.notNull())
+        .addColumn('exited', 'integer', (c) => c.notNull())
+        .addPrimaryKeyConstraint('status_buckets_pk', ['advertisement_id', 'bucket', 'state'])
+        .execute();
+      await db.schema
+        .createTable('rollouts')
+        .addColumn('advertisement_id', 'text', (c) =>
+          c.primaryKey().references('advertisements.id').onDelete('cascade'),
+        )
+        .addColumn('halted', 'integer', (c) => c.notNull())
+        .addColumn('halted_wave', 'integer')
+        .addColumn('reason', 'text')
+        .addColumn('halted_at', 'text')
+        .addColumn('acknowledged', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', now)
+        .execute();
+    },
+  },
 };
 
 const provider: MigrationProvider = { getMigrations: async () => migrations };

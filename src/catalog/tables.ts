@@ -152,6 +152,66 @@ export interface DistributionRow {
   updated_at: string;
 }
 
+/** Where one machine stands in one advertisement (derived at status ingest; migration 0006). */
+export interface DeploymentStateRow {
+  advertisement_id: string;
+  machine_id: string;
+  state: string;
+  /** Sequence number and time of the message that set `state`. */
+  state_seq: number;
+  state_time: string;
+  /** Time of the earliest message about this deployment seen so far. */
+  first_time: string;
+  last_seq: number;
+  postponed_until: string | null;
+  failure_message_id: number | null;
+  failure_code: string | null;
+  failure_step: string | null;
+  failure_seq: number | null;
+  dp: string | null;
+  dp_seq: number | null;
+  /** Attributes for trends, taken when the deployment was first seen. */
+  site: string | null;
+  model: string | null;
+  client_version: string | null;
+  disk_band: string | null;
+  image: string | null;
+}
+
+/** A machine's latest status message (derived at ingest). */
+export interface MachineStatusRow {
+  machine_id: string;
+  last_seq: number;
+  last_message_id: number;
+  last_time: string;
+  last_severity: string;
+  advertisement_id: string | null;
+  messages: number;
+  updated_at: string;
+}
+
+/** Deployments entering and leaving a state, per advertisement and 5-minute bucket. */
+export interface StatusBucketRow {
+  advertisement_id: string;
+  /** ISO time the bucket starts. */
+  bucket: string;
+  state: string;
+  entered: number;
+  exited: number;
+}
+
+/** A rollout halted by its failure threshold (or resumed by an operator). */
+export interface RolloutRow {
+  advertisement_id: string;
+  halted: number;
+  halted_wave: number | null;
+  reason: string | null;
+  halted_at: string | null;
+  /** JSON: wave → failures an operator accepted when resuming. */
+  acknowledged: string;
+  updated_at: string;
+}
+
 export interface Tables {
   users: UserRow;
   api_tokens: ApiTokenRow;
@@ -165,4 +225,8 @@ export interface Tables {
   status_messages: StatusMessageRow;
   audit_log: AuditRow;
   distributions: DistributionRow;
+  deployment_states: DeploymentStateRow;
+  machine_status: MachineStatusRow;
+  status_buckets: StatusBucketRow;
+  rollouts: RolloutRow;
 }

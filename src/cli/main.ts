@@ -31,6 +31,7 @@ import {
   withCommon,
   type Common,
 } from './common.js';
+import { registerStatusSummaries } from './status-command.js';
 import {
   registerAdminCommands,
   remoteFor,
@@ -659,6 +660,10 @@ export function buildProgram(): Command {
   registerServerCommand(program, { env: process.env });
   registerFetchCommand(image);
   registerAdminCommands(program, { env: process.env, image });
+  registerStatusSummaries(
+    program.commands.find((c) => c.name() === 'status')!,
+    { env: process.env },
+  );
   registerStateCommands(program, { env: process.env });
   registerAgentCommands(program);
   registerLabCommands(program);

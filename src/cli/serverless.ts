@@ -50,6 +50,9 @@ export interface Publication {
   };
   collection: { id: string; name: string };
   package: PolicyAdvertisement['package'];
+  /** The package image's catalog record and the PE, as the machine's policy would send them. */
+  image: PolicyAdvertisement['image'];
+  pe: PolicyAdvertisement['pe'];
   packageDocument: unknown;
   settings: unknown;
   effectivePolicy: unknown;
@@ -80,6 +83,8 @@ export interface PublishResult {
   targets: number;
   allMachines: boolean;
   copy: ReplicateResult;
+  /** The PE image's copy (absent when the server found no PE: machines then refuse the advertisement). */
+  peCopy?: ReplicateResult;
   /** The source the image came from. */
   from: string;
 }
@@ -129,6 +134,8 @@ export function publishedDocument(o: PublishOptions): Buffer {
     keyId: keyIdOf(createPublicKey(o.key)),
     advertisement: p.advertisement,
     package: p.package,
+    image: p.image ?? null,
+    pe: p.pe ?? null,
     settings: p.settings,
     effectivePolicy: p.effectivePolicy,
     targets: { allMachines: o.allMachines ?? false, machines: targets },
@@ -137,8 +144,8 @@ export function publishedDocument(o: PublishOptions): Buffer {
 }
 
 /**
- * Publishes: copies the image and the package document into `to` like a DP replication
- * (only what it lacks), then writes the signed advertisement and, last, the signed index.
+ * Publishes: copies the image, the PE image and the package document into `to` like a DP
+ * replication (only what it lacks), then writes the signed advertisement and, last, the signed index.
  * A machine reading meanwhile sees the old advertisement or the new one once its signature
  * follows (between the two renames the pair does not verify, and the advertisement is
  * skipped for that one poll).
@@ -159,17 +166,22 @@ export async function publishAdvertisement(o: PublishOptions): Promise<PublishRe
   const bytes = publishedDocument(o);
   const pkgDoc = Buffer.from(JSON.stringify(p.packageDocument, null, 2) + '\n');
   let copy: ReplicateResult | undefined;
+  let peCopy: ReplicateResult | undefined;
   let from = '';
   const failures: string[] = [];
   for (const source of o.from) {
     const name = typeof source === 'string' ? source : source.name;
     try {
-      copy = await replicateImage({
+      const c = await replicateImage({
         from: source,
         to,
         imageId: p.package.imageId,
         extraObjects: [{ path: `objects/packages/${p.package.id}.json`, data: pkgDoc }],
       });
+      // The PE the machine boots in phase 2 comes from the same place (the server's library
+      // holds both; a DP holds the PE once a package using it was distributed there).
+      if (p.pe) peCopy = await replicateImage({ from: source, to, imageId: p.pe.imageId });
+      copy = c;
       from = name;
       break;
     } catch (e) {
@@ -180,7 +192,7 @@ export async function publishAdvertisement(o: PublishOptions): Promise<PublishRe
   if (!copy)
     throw new ReimageError(
       'DISTRIBUTION_SOURCE_NOT_READY',
-      `no source could provide image ${p.package.imageId}: ${failures.join('; ')}`,
+      `no source could provide image ${p.package.imageId}${p.pe ? ` and PE ${p.pe.imageId}` : ''}: ${failures.join('; ')}`,
     );
   // The default drop folder: machines never make it themselves (docs/serverless.md).
   mkdirSync(join(to, 'status'), { recursive: true });
@@ -194,6 +206,7 @@ export async function publishAdvertisement(o: PublishOptions): Promise<PublishRe
     targets: doc.targets.machines.length,
     allMachines: doc.targets.allMachines,
     copy,
+    ...(peCopy ? { peCopy } : {}),
     from,
   };
 }
@@ -321,6 +334,9 @@ export function registerServerlessCommands(
       print(o, { published: res }, () => [
         `published ${publication.advertisement.name} to ${resolve(o.to)}/${res.document}`,
         `  for ${res.allMachines ? 'every machine reading the folder' : `${res.targets} machine(s)`}; image from ${res.from}: ${res.copy.filesCopied} file(s) copied, ${res.copy.filesSkipped} already there`,
+        publication.pe
+          ? `  PE ${publication.pe.name} (${publication.pe.imageId.slice(0, 12)}): ${res.peCopy?.filesCopied ?? 0} file(s) copied, ${res.peCopy?.filesSkipped ?? 0} already there`
+          : '  warning: the server found no PE image for this package: machines will refuse to deploy it (register a PE image and publish again)',
       ]);
     },
   );

@@ -3,12 +3,23 @@
  * checked against its hash before a single byte of it reaches the file.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { closeSync, constants, fchmodSync, fchownSync, ftruncateSync, openSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  fchmodSync,
+  fchownSync,
+  ftruncateSync,
+  linkSync,
+  lstatSync,
+  openSync,
+  unlinkSync,
+} from 'node:fs';
 import { createHash } from 'node:crypto';
 import { Decompressor } from 'zstd-napi';
 import { PackReader, writeAll } from '../content/store.js';
 import { decompressBounded, MAX_FRAME_RAW } from '../content/pack.js';
 import { futimensNs, setXattr } from './posix.js';
+import { matchesEntry } from './reuse-check.js';
 import type { PoolReply, PoolRequest } from './pool.js';
 
 export interface FileJob {
@@ -27,10 +38,16 @@ export interface FileJob {
   lengths: number[];
   /** per chunk: pack number, frame offset, frame length, offset in frame */
   locs: Float64Array;
+  /**
+   * A file of another tree on the same filesystem (the old OS) that may hold exactly this
+   * file: hard-linked instead of written when its content hashes to `chunks` and its
+   * metadata equals the entry's (see `reuseFile`).
+   */
+  reuse?: Uint8Array;
 }
 
 export type FromApplyWorker =
-  | { type: 'files-done'; files: number[]; bytes: number }
+  | { type: 'files-done'; files: number[]; bytes: number; reused: number[]; reusedBytes: number }
   | { type: 'file-failed'; i: number; code: string; message: string; chunk?: string }
   | { type: 'warning'; i: number; code: string; message: string };
 
@@ -79,6 +96,36 @@ function main(): void {
     cache.set(key, raw);
     if (cache.size > FRAME_CACHE) cache.delete(cache.keys().next().value!);
     return raw;
+  };
+
+  const uid = process.getuid?.() ?? -1;
+  const gid = process.getgid?.() ?? -1;
+
+  /**
+   * Hard-links `j.reuse` to the file's place when it is exactly the file to write: a regular
+   * file with no other name (so nothing outside the OS shares its inode), the entry's size,
+   * mode, owner, mtime and xattrs, and bytes whose chunks hash to the entry's chunk list.
+   * Any doubt: false, and the file is written as usual.
+   */
+  const reuseFile = (j: FileJob): boolean => {
+    if (!j.reuse) return false;
+    const from = Buffer.from(j.reuse);
+    const owner: [number, number] = data.owners ? [j.uid, j.gid] : [uid, gid];
+    const found = matchesEntry(from, j, owner, true);
+    if (!found) return false;
+    const to = Buffer.from(j.path);
+    try {
+      linkSync(from, to);
+    } catch {
+      return false; // another filesystem (EXDEV), too many links, ...: written instead
+    }
+    // The name now in the target must be the inode that was checked.
+    const placed = lstatSync(to, { bigint: true });
+    if (placed.ino !== found.ino || placed.dev !== found.dev) {
+      unlinkSync(to);
+      return false;
+    }
+    return true;
   };
 
   const writeFile = (j: FileJob) => {
@@ -159,10 +206,21 @@ function main(): void {
     }
     // One message per batch: a message per file costs more than writing a small file.
     const done: number[] = [];
+    const reused: number[] = [];
     let bytes = 0;
+    let reusedBytes = 0;
     for (const j of m.items) {
       try {
-        writeFile(j);
+        let linked = false;
+        try {
+          linked = reuseFile(j);
+        } catch {
+          linked = false; // unreadable old file: written as usual
+        }
+        if (linked) {
+          reused.push(j.i);
+          reusedBytes += j.size;
+        } else writeFile(j);
         done.push(j.i);
         bytes += j.size;
       } catch (e) {
@@ -180,14 +238,19 @@ function main(): void {
           post({
             type: 'file-failed',
             i: j.i,
-            code: err.code === 'PACK_CORRUPT' ? 'PACK_CORRUPT' : 'APPLY_FAILED',
+            code:
+              err.code === 'PACK_CORRUPT'
+                ? 'PACK_CORRUPT'
+                : err.code === 'ENOSPC' || err.code === 'EDQUOT'
+                  ? 'DISK_FULL'
+                  : 'APPLY_FAILED',
             message: `${j.show}: ${err.message}`,
           });
         }
         break; // the pool stops at the first failure
       }
     }
-    post({ type: 'files-done', files: done, bytes });
+    post({ type: 'files-done', files: done, bytes, reused, reusedBytes });
     post({ type: 'batch-done' });
   });
 }

@@ -200,7 +200,8 @@ export async function machinePolicy(deps: ServerDeps, machine: Machine): Promise
   };
 }
 
-function imageOf(i: ImageRecord | undefined): Policy['advertisements'][number]['image'] {
+/** The package image's catalog record as the policy sends it (null: not in the catalog). */
+export function imageOf(i: ImageRecord | undefined): Policy['advertisements'][number]['image'] {
   if (!i) return null;
   return { id: i.id, name: i.name, format: i.format, size: i.size, properties: i.properties };
 }

@@ -1,6 +1,7 @@
 import { mkdirSync, readdirSync, readFileSync, renameSync, statSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
-import type { Catalog } from '../catalog/catalog.js';
+import type { Catalog, Machine } from '../catalog/catalog.js';
+import type { IngestMessage } from '../catalog/status-store.js';
 import { isReimageError, ReimageError } from '../errors.js';
 import { newSecret, secretHash } from './credentials.js';
 import { checkStatusBatch, type IncomingStatus } from './status-ingest.js';
@@ -139,6 +140,11 @@ function moveTo(dir: string, area: string, guid: string, file: string): void {
 export async function importStatusDrop(
   catalog: Catalog,
   dir: string,
+  /** Stores a batch like the client API does (the status service: timelines and summaries). */
+  ingest: (
+    machine: Machine,
+    messages: IngestMessage[],
+  ) => Promise<{ accepted: number; duplicates: number }>,
   actor = 'status-import',
 ): Promise<StatusImportReport> {
   if (!isAbsolute(dir))
@@ -181,7 +187,7 @@ export async function importStatusDrop(
         if (st.size > MAX_FILE) throw invalid(rel, `larger than ${MAX_FILE} bytes`);
         const drop = parseDropFile(readFileSync(path, 'utf8'), rel, guid);
         const messages = checkStatusBatch(drop.messages);
-        const r = await catalog.transaction(async (tx) => {
+        const created = await catalog.transaction(async (tx) => {
           let created = false;
           try {
             await tx.getMachine(guid);
@@ -208,8 +214,9 @@ export async function importStatusDrop(
             });
             created = true;
           }
-          return { ...(await tx.ingestStatus(guid, messages)), created };
+          return created;
         });
+        const r = { ...(await ingest(await catalog.getMachine(guid), messages)), created };
         moveTo(dir, IMPORTED_DIR, entry, f);
         report.files++;
         report.accepted += r.accepted;

@@ -1,6 +1,6 @@
-import type { StatusMessage } from '../catalog/catalog.js';
+import type { IngestMessage } from '../catalog/status-store.js';
 import { ReimageError } from '../errors.js';
-import { statusMessage } from '../status/messages.js';
+import { stateOf, statusMessage } from '../status/messages.js';
 
 /** A status message as a machine sends it (POST /api/v1/client/status, or a drop file). */
 export interface IncomingStatus {
@@ -55,7 +55,7 @@ function redactValue(v: unknown, depth: number): unknown {
  * The shape itself (types, ranges) is checked before: by the route's schema, or by
  * status-import.ts for drop files.
  */
-export function checkStatusBatch(batch: IncomingStatus[]): StatusMessage[] {
+export function checkStatusBatch(batch: IncomingStatus[]): IngestMessage[] {
   const seen = new Set<number>();
   const problems: { path: string; message: string }[] = [];
   const messages = batch.map((s, i) => {
@@ -66,6 +66,11 @@ export function checkStatusBatch(batch: IncomingStatus[]): StatusMessage[] {
         `Status message id ${s.id} (messages/${i}) is not in the catalog.`,
         { details: { id: s.id, index: i } },
       );
+    if (def.component === 'server')
+      problems.push({
+        path: `body/messages/${i}/id`,
+        message: `message ${s.id} is the server's own; a machine cannot post it`,
+      });
     if (seen.has(s.seq))
       problems.push({
         path: `body/messages/${i}/seq`,
@@ -73,7 +78,8 @@ export function checkStatusBatch(batch: IncomingStatus[]): StatusMessage[] {
       });
     seen.add(s.seq);
     const properties = redactProperties(s.properties ?? {});
-    if (JSON.stringify(properties).length > MAX_PROPERTIES_BYTES)
+    const propertiesJson = JSON.stringify(properties);
+    if (propertiesJson.length > MAX_PROPERTIES_BYTES)
       problems.push({
         path: `body/messages/${i}/properties`,
         message: `larger than ${MAX_PROPERTIES_BYTES} bytes`,
@@ -88,6 +94,8 @@ export function checkStatusBatch(batch: IncomingStatus[]): StatusMessage[] {
       // One form (UTC) so that timelines sort as text in both databases.
       time: new Date(s.time).toISOString(),
       properties,
+      propertiesJson,
+      state: stateOf(def),
     };
   });
   if (problems.length > 0)

@@ -270,6 +270,10 @@ export const catalogTables = [
   'status_messages',
   'audit_log',
   'distributions',
+  'deployment_states',
+  'machine_status',
+  'status_buckets',
+  'rollouts',
 ] as const satisfies readonly (keyof Tables)[];
 
 // A compile-time check that the list above names every table of `Tables`.

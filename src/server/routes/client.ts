@@ -9,6 +9,7 @@ import { checkStatusBatch } from '../status-ingest.js';
 import { responses } from './common.js';
 import { Inventory, MachineSchema } from './machines.js';
 import { machinePolicy, Policy } from '../policy.js';
+import { statusService } from '../status-service.js';
 
 const ImageId = Type.String({
   pattern: '^[0-9a-f]{64}$',
@@ -167,11 +168,9 @@ export function clientRoutes(app: App): void {
           { details: { machineId: req.body.machineId } },
         );
       const messages = checkStatusBatch(req.body.messages);
-      return app.deps.catalog.transaction(async (tx) => {
-        const r = await tx.ingestStatus(m.id, messages);
-        await tx.touchMachine(m.id);
-        return r;
-      });
+      // One transaction stores the batch and updates the summaries' tables (docs/status.md).
+      const r = await statusService(app.deps).ingest(m, messages);
+      return { accepted: r.accepted, duplicates: r.duplicates };
     },
   );
 }

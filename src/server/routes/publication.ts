@@ -5,8 +5,9 @@ import type { AdvertisementPolicy, DeploymentSettings } from '../../package/sche
 import type { App } from '../app.js';
 import { userOf } from '../auth.js';
 import { Membership } from '../membership.js';
-import { waveOf } from '../policy.js';
+import { imageOf, Policy, resolvePe, waveOf } from '../policy.js';
 import { importStatusDrop } from '../status-import.js';
+import { statusService } from '../status-service.js';
 import type { Schedule } from './advertisements.js';
 import { RefParams, responses } from './common.js';
 import { packageDocument, secretContext } from './packages.js';
@@ -28,6 +29,8 @@ const Publication = Type.Object({
     imageId: Type.String(),
     definition: Type.Unknown(),
   }),
+  image: Policy.properties.advertisements.items.properties.image,
+  pe: Policy.properties.advertisements.items.properties.pe,
   packageDocument: Type.Unknown({
     description: 'the package file as distribution points hold it (no secrets)',
   }),
@@ -84,6 +87,8 @@ export function publicationRoutes(app: App): void {
       const members = membership.members(collection);
       const ids = members.map((m) => m.id);
       const schedule = ad.schedule as Schedule;
+      // The image record and the PE exactly as the machine's policy would send them.
+      const images = await catalog.listImages();
       const dps = new Map((await catalog.listDps()).map((d) => [d.id, d]));
       const sources = (await catalog.listDistributions({ packageId: pkg.id, states: ['done'] }))
         .map((d) => dps.get(d.dpId))
@@ -106,6 +111,8 @@ export function publicationRoutes(app: App): void {
           imageId: pkg.imageId,
           definition: pkg.definition,
         },
+        image: imageOf(images.find((i) => i.id === pkg.imageId)),
+        pe: resolvePe(images, pkg.definition),
         packageDocument: packageDocument(pkg),
         settings: pkg.settings,
         effectivePolicy: effectivePolicy(
@@ -154,7 +161,12 @@ export function publicationRoutes(app: App): void {
       },
     },
     async (req) => {
-      const r = await importStatusDrop(app.deps.catalog, req.body.folder, userOf(req).username);
+      const r = await importStatusDrop(
+        app.deps.catalog,
+        req.body.folder,
+        (m, messages) => statusService(app.deps).ingest(m, messages),
+        userOf(req).username,
+      );
       for (const x of r.rejected)
         req.log.warn({ file: x.file, code: x.code }, `status drop file rejected: ${x.message}`);
       return r;

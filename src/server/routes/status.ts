@@ -1,7 +1,15 @@
 import { Type } from '@sinclair/typebox';
-import { renderStatusText, statusMessage, statusMessages } from '../../status/messages.js';
+import {
+  documentedProperties,
+  groupOf,
+  renderStatusText,
+  stateOf,
+  statusMessage,
+  statusMessages,
+} from '../../status/messages.js';
 import type { App } from '../app.js';
 import { listOf, QueryInt, RefParams, responses } from './common.js';
+import { statusSummaryRoutes } from './status-summary.js';
 
 const StatusOut = Type.Object({
   machineId: Type.String(),
@@ -111,15 +119,29 @@ export function statusRoutes(app: App): void {
               phase: Type.String(),
               severity: Type.String(),
               text: Type.String(),
+              group: Type.String(),
+              state: Type.Union([Type.String(), Type.Null()]),
+              properties: Type.Record(Type.String(), Type.String()),
             }),
           ),
         ),
       },
     },
     async () => ({
-      items: Object.entries(statusMessages).map(([id, d]) => ({ id: Number(id), ...d })),
+      items: Object.entries(statusMessages).map(([id, d]) => ({
+        id: Number(id),
+        component: d.component,
+        phase: d.phase,
+        severity: d.severity,
+        text: d.text,
+        group: groupOf(Number(id)),
+        state: stateOf(d) ?? null,
+        properties: documentedProperties(Number(id)),
+      })),
     }),
   );
+
+  statusSummaryRoutes(app);
 
   app.get(
     '/api/v1/audit',
