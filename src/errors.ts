@@ -316,6 +316,10 @@ export const errorCodes = {
     exit: 1,
     help: 'The machine rebooted or crashed more often than the boot-loop guard allows (default 10 boots a minute) and was halted. Read console.log for why its program keeps ending; raise the limit with `--max-boots-per-minute` if the boots are expected.',
   },
+  LAB_DEMO_UNEXPECTED: {
+    exit: 1,
+    help: "A machine of `reimage lab demo` did not end as its simulated user's plan says (installed, declined, not installed), or the lab's hashes found its user data changed. The table (or `--json`) names the machine; its console.log in the work folder and its timeline at the server (`reimage status list --machine NAME`) say why.",
+  },
   UPLOAD_NOT_FOUND: {
     exit: 1,
     http: 404,

@@ -1,5 +1,8 @@
+import path from 'node:path';
 import type { Command } from 'commander';
+import { answerNotification } from '../agent/notify.js';
 import { ReimageError } from '../errors.js';
+import { progressTable, runDemo, type DemoResult, type MachineProgress } from '../lab/demo.js';
 import { runFirmware } from '../lab/firmware.js';
 import { createLabMachine } from '../lab/machine.js';
 
@@ -116,4 +119,160 @@ export function registerLabCommands(program: Command): void {
         }
       },
     );
+
+  lab
+    .command('demo')
+    .description(
+      'the whole story on one computer: server, two sites with a DP behind an emulated link, lab machines, an advertised v2 image, simulated users (docs/lab.md)',
+    )
+    .option(
+      '--dir <dir>',
+      'the work folder (emptied first if it holds an earlier demo)',
+      'lab-data/demo',
+    )
+    .option('--machines <n>', 'lab machines (default 12)', wholeNumber('--machines', 1))
+    .option(
+      '--countdown <s>',
+      'notification countdown in seconds (default 20)',
+      wholeNumber('--countdown', 1),
+    )
+    .option(
+      '--timeout <s>',
+      'give up after this many seconds (default 900)',
+      wholeNumber('--timeout', 1),
+    )
+    .option(
+      '--until-done',
+      'exit once every machine reached its end state (default: then keep the server up until Ctrl-C)',
+    )
+    .option('--json', "print the machines' end states as one JSON document at the end")
+    .option(
+      '--in-process-firmware',
+      "run the machines' firmware loops in this process instead of one `reimage lab boot` process each",
+    )
+    .action(
+      async (o: {
+        dir: string;
+        machines?: number;
+        countdown?: number;
+        timeout?: number;
+        untilDone?: boolean;
+        json?: boolean;
+        inProcessFirmware?: boolean;
+      }) => {
+        const ac = new AbortController();
+        const stop = () => ac.abort();
+        process.on('SIGINT', stop);
+        process.on('SIGTERM', stop);
+        const tty = !o.json && process.stdout.isTTY === true;
+        let drawn = 0;
+        let printed = false;
+        const lastPhase = new Map<string, string>();
+        const progress = (rows: MachineProgress[]) => {
+          if (o.json) return;
+          if (tty) {
+            const lines = progressTable(rows, process.stdout.columns || 120);
+            process.stdout.write(
+              (drawn > 0 ? `\x1b[${drawn}A` : '') + lines.map((l) => `\x1b[2K${l}\n`).join(''),
+            );
+            drawn = lines.length;
+            return;
+          }
+          for (const r of rows) {
+            const line = `${r.phase}: ${r.lastStatus}`;
+            if (lastPhase.get(r.name) === line) continue;
+            lastPhase.set(r.name, line);
+            process.stdout.write(`${r.name} ${line}\n`);
+          }
+        };
+        try {
+          const r = await runDemo({
+            dir: o.dir,
+            machines: o.machines,
+            countdownSeconds: o.countdown,
+            timeoutMs: o.timeout === undefined ? undefined : o.timeout * 1000,
+            answer: answerNotification,
+            firmware: o.inProcessFirmware ? 'in-process' : 'process',
+            signal: ac.signal,
+            log: (line) => {
+              if (o.json) process.stderr.write(`${line}\n`);
+              else if (!tty || drawn === 0) process.stdout.write(`${line}\n`);
+            },
+            onProgress: progress,
+            afterRun: async (lab, result) => {
+              if (o.untilDone) return;
+              process.stdout.write(
+                o.json ? `${JSON.stringify(jsonResult(result), null, 2)}\n` : summary(result),
+              );
+              printed = true;
+              process.stderr.write(
+                `\nThe server is still up at ${lab.server.url}: reimage login --server ${lab.server.url} --password-stdin < ${path.join(lab.dir, 'server', 'initial-admin-password')}, ` +
+                  `then reimage machine list, reimage status list, ... Ctrl-C stops it.\n`,
+              );
+              if (!ac.signal.aborted)
+                await new Promise<void>((resolve) =>
+                  ac.signal.addEventListener('abort', () => resolve()),
+                );
+            },
+          });
+          if (!printed)
+            process.stdout.write(
+              o.json ? `${JSON.stringify(jsonResult(r), null, 2)}\n` : summary(r),
+            );
+          const off = r.machines.filter((m) => m.endState !== m.expected || !m.userDataIntact);
+          if (off.length > 0)
+            throw new ReimageError(
+              'LAB_DEMO_UNEXPECTED',
+              `${off.length} machine(s) did not end as expected: ${off.map((m) => `${m.name} ${m.endState}${m.userDataIntact ? '' : ', user data changed'}`).join('; ')}`,
+              { details: { reported: true } },
+            );
+        } finally {
+          process.off('SIGINT', stop);
+          process.off('SIGTERM', stop);
+        }
+      },
+    );
+}
+
+/** `--json`: the issue's shape first, then the lab's details. */
+function jsonResult(r: DemoResult) {
+  return {
+    machines: r.machines.map((m) => ({
+      name: m.name,
+      endState: m.endState,
+      imageId: m.imageId,
+      clientVersion: m.clientVersion,
+      userDataIntact: m.userDataIntact,
+      statusMessages: m.statusMessages,
+      site: m.site,
+      plan: m.plan,
+      expected: m.expected,
+      userData: m.userData,
+      guid: m.guid,
+      boots: m.boots,
+    })),
+    ok: r.ok,
+    images: r.images,
+    versions: r.versions,
+    seconds: r.seconds,
+    dir: r.dir,
+  };
+}
+
+function summary(r: DemoResult): string {
+  const short = (id: string | null) =>
+    id === r.images.v2 ? 'v2' : id === r.images.v1 ? 'v1' : (id?.slice(0, 12) ?? '-');
+  const lines = [
+    '',
+    `${'machine'.padEnd(14)} ${'user'.padEnd(12)} ${'end state'.padEnd(14)} image client  data    msgs`,
+    ...r.machines.map(
+      (m) =>
+        `${m.name.padEnd(14)} ${m.plan.padEnd(12)} ${(m.endState === m.expected ? m.endState : `${m.endState}!`).padEnd(14)} ${short(m.imageId).padEnd(5)} ${(m.clientVersion ?? '-').padEnd(7)} ${(m.userDataIntact ? 'intact' : 'CHANGED').padEnd(7)} ${String(m.statusMessages).padStart(4)}`,
+    ),
+    '',
+    r.ok
+      ? `every machine ended as expected, user data intact (${r.seconds.toFixed(0)} s; work folder ${r.dir})`
+      : `some machines did not end as expected (marked !) (${r.seconds.toFixed(0)} s; work folder ${r.dir})`,
+  ];
+  return lines.join('\n') + '\n';
 }

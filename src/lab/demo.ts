@@ -1,0 +1,984 @@
+/**
+ * `reimage lab demo`: the main job on the embedded default, on one computer, without root and
+ * without network (loopback only). See docs/lab.md ("The demo").
+ *
+ * 1. The management server runs in this process (SQLite in the work folder, plain HTTP on
+ *    127.0.0.1); the demo logs in as its admin.
+ * 2. Two sites, each with a distribution point: a folder served over HTTP (demo-dp.ts) behind
+ *    an emulated WAN link (link.ts). The server replicates to it through the link, and the
+ *    site's machines read from it through the same link.
+ * 3. Two agent bundles, N and N+1; a PE (a tree holding bundle N+1); image v1 (a generated
+ *    Debian model with client N) and v2 (v1 with files changed, added and removed, client
+ *    N+1 at the boot entry's path), captured into the server's library, packaged, replicated
+ *    to both DPs.
+ * 4. Lab machines split over the sites, with generated users and data, an enrollment token of
+ *    their site and a client.json that points at the server. The lab hashes their user data.
+ * 5. An advertisement of v2 to every lab machine with a notification policy (short countdown,
+ *    "later" with a small maximum, decline allowed). Every machine boots under its own
+ *    firmware (runFirmware: the agent is a real process; a reboot is a real restart) and a
+ *    simulated user answers its notifications by a fixed plan: now / later then now / decline /
+ *    no answer (the policy's default: install).
+ * 6. The demo follows the server's timelines until every machine reached its end state, powers
+ *    the machines off, hashes their user data again and compares (`userDataIntact` is the
+ *    lab's comparison, never the agent's report).
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ApiClient } from '../client/http.js';
+import { ContentStore } from '../content/store.js';
+import { ReimageError } from '../errors.js';
+import { captureImage } from '../image/capture.js';
+import { defaults } from '../package/schema.js';
+import { startServer, type RunningServer } from '../server/start.js';
+import { buildAgentBundle } from './bundle.js';
+import { startLabDp, type LabDp } from './demo-dp.js';
+import { runFirmware, type FirmwareOptions, type FirmwareResult } from './firmware.js';
+import { startLink, type Link } from './link.js';
+import { makeMachineTree } from './machine-tree.js';
+import { AGENT_BUNDLE_PATH, createLabMachine } from './machine.js';
+import { compareUserData, hashUserData, type UserDataSnapshot } from './users-hash.js';
+
+/**
+ * How a simulated user answers the notifications of one machine. `consent-none` and
+ * `consent-now`: the machine is in a second advertisement whose package requires the user's
+ * permission; nobody answers (nothing may install), or the user says now.
+ */
+export type UserPlan = 'now' | 'later' | 'decline' | 'none' | 'consent-none' | 'consent-now';
+
+/** What the lab expects a machine to end as, and what it saw. */
+export type EndState =
+  'installed' | 'declined' | 'rolled-back' | 'failed' | 'not-installed' | 'timeout' | 'halted';
+
+/** The plan of machine `i` (0-based): the four answers in turn. */
+export const USER_PLANS: readonly UserPlan[] = ['now', 'later', 'decline', 'none'];
+
+/** A user's answer, as the notification page takes it (src/agent/notify.ts). */
+export interface UserAnswer {
+  choice: 'now' | 'later' | 'decline';
+  /** For "later": when to ask again (ISO date-time). */
+  until?: string;
+}
+
+/**
+ * Answers the pending notification of the machine whose disk is `root` (the notification page's
+ * own entry point, `answerNotification` of src/agent/notify.ts). `by`: through which interface.
+ */
+export type AnswerNotification = (
+  root: string,
+  answer: UserAnswer,
+  by: 'web' | 'terminal',
+) => Promise<unknown> | unknown;
+
+/** Where a machine's agent shows its pending notification (relative to the disk). */
+export const NOTIFICATION_FILE = '.reimage/notify/current.json';
+
+export interface DemoOptions {
+  /** The work folder (default ./lab-data/demo); emptied first if it holds an earlier demo. */
+  dir: string;
+  /** Lab machines (default 12), split over the sites in turn. */
+  machines?: number;
+  /** Site names (default paris, lyon): one DP and one link each. */
+  sites?: string[];
+  /** Users per machine (default 2). */
+  users?: number;
+  /** The plan of each machine (default USER_PLANS in turn). */
+  plan?: (index: number) => UserPlan;
+  /** Notification countdown in seconds (default 20). */
+  countdownSeconds?: number;
+  /** How long "later" postpones (default 8 s); the policy's maximum is a little more. */
+  laterSeconds?: number;
+  /** The emulated links (default 40 Mbit/s, 20 ms each way). */
+  link?: { rateBitsPerSec?: number; latencyMs?: number };
+  /** Give up after this long (default 15 min): machines not done end as "timeout". */
+  timeoutMs?: number;
+  /** Agent versions N and N+1 (default 1.0.0 and 1.1.0). */
+  versions?: { old: string; new: string };
+  /** Answers notifications; required to run machines (the notification page's entry point). */
+  answer?: AnswerNotification;
+  /**
+   * `process` (default): each machine's firmware is its own `reimage lab boot` process;
+   * `in-process`: the firmware loops run in this process (the agents are processes either way).
+   */
+  firmware?: 'process' | 'in-process';
+  /** Extra environment for the agents the firmware boots (e.g. poll intervals for the lab). */
+  agentEnv?: Record<string, string>;
+  /** What the demo does, line by line (setup steps, answers, end states). */
+  log?: (line: string) => void;
+  /** Every second while machines run: one row per machine. */
+  onProgress?: (rows: MachineProgress[]) => void;
+  signal?: AbortSignal;
+  /**
+   * Called once every machine is done and powered off, before the server, the DPs and the
+   * links stop (e.g. to keep the server up for a look around until Ctrl-C).
+   */
+  afterRun?: (lab: DemoLab, result: DemoResult) => Promise<void>;
+  /** The checkout the agent bundles are built from (default: this one). */
+  checkout?: string;
+}
+
+/** One line of the progress table. */
+export interface MachineProgress {
+  name: string;
+  site: string;
+  plan: UserPlan;
+  phase: string;
+  lastStatus: string;
+  statusMessages: number;
+  endState?: EndState;
+}
+
+export interface DemoMachineResult {
+  name: string;
+  site: string;
+  plan: UserPlan;
+  expected: EndState;
+  endState: EndState;
+  /** The applied image id in the server's inventory of the machine. */
+  imageId: string | null;
+  /** The client version in the server's inventory of the machine. */
+  clientVersion: string | null;
+  /** The lab's comparison of the user data before and after. */
+  userDataIntact: boolean;
+  /** Status messages in the server's timeline of the machine. */
+  statusMessages: number;
+  userData: { files: number; bytes: number; missing: number; changed: number; moved: number };
+  guid: string | null;
+  /** The GUID in the disk's etc/reimage/client.json at the end. */
+  diskGuid: string | null;
+  boots: number;
+  /** The server's timeline: sequence number and message id, in the server's order. */
+  timeline: Array<{ seq: number; id: number }>;
+}
+
+export interface DemoResult {
+  machines: DemoMachineResult[];
+  images: { v1: string; v2: string; pe: string };
+  versions: { old: string; new: string };
+  /** Every machine ended as expected. */
+  ok: boolean;
+  seconds: number;
+  server: string;
+  dir: string;
+}
+
+/** The end state the plan leads to under the demo's policies (no answer: install, or wait for consent). */
+export function expectedEnd(plan: UserPlan): EndState {
+  return plan === 'decline' ? 'declined' : plan === 'consent-none' ? 'not-installed' : 'installed';
+}
+
+const needsConsent = (plan: UserPlan) => plan.startsWith('consent-');
+
+const MARKER = '.reimage-lab-demo';
+
+/** The checkout this module runs from (dist/src/lab/ → root). */
+function checkoutRoot(): string {
+  return path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+}
+
+// ------------------------------------------------------------------------------- the lab
+
+export interface DemoSite {
+  name: string;
+  dp: LabDp;
+  link: Link;
+  enrollmentToken: string;
+}
+
+export interface DemoMachine {
+  name: string;
+  site: string;
+  dir: string;
+  disk: string;
+  plan: UserPlan;
+  before: UserDataSnapshot;
+}
+
+/** The prepared lab: server, sites, images, packages, machines (not yet booted). */
+export interface DemoLab {
+  dir: string;
+  server: RunningServer;
+  api: ApiClient;
+  sites: DemoSite[];
+  images: { v1: string; v2: string; pe: string };
+  versions: { old: string; new: string };
+  machines: DemoMachine[];
+  /** Creates the advertisement (after the user data was hashed). */
+  advertise(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Builds everything up to the advertisement. Always `close()` the result. */
+export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
+  const log = o.log ?? (() => {});
+  const dir = path.resolve(o.dir);
+  const count = o.machines ?? 12;
+  const siteNames = o.sites ?? ['paris', 'lyon'];
+  const versions = o.versions ?? { old: '1.0.0', new: '1.1.0' };
+  const countdown = o.countdownSeconds ?? 20;
+  const later = o.laterSeconds ?? 8;
+  if (!Number.isSafeInteger(count) || count < 1 || count > 500)
+    throw new ReimageError('INVALID_ARGUMENT', `--machines must be 1-500, not ${count}`);
+  if (siteNames.length === 0 || siteNames.some((s) => !/^[a-z][a-z0-9-]{0,30}$/.test(s)))
+    throw new ReimageError('INVALID_ARGUMENT', `site names must be lower-case words`);
+  prepareWorkFolder(dir);
+
+  const closers: Array<() => Promise<void> | void> = [];
+  const close = async () => {
+    for (const c of closers.reverse()) {
+      try {
+        await c();
+      } catch {
+        // closing the rest matters more
+      }
+    }
+  };
+  try {
+    // ---- agent bundles and the trees they go into
+    const checkout = o.checkout ?? checkoutRoot();
+    const bundles = path.join(dir, 'bundles');
+    fs.mkdirSync(bundles, { recursive: true });
+    const oldBundle = path.join(bundles, `reimage-agent-${versions.old}.bundle`);
+    const newBundle = path.join(bundles, `reimage-agent-${versions.new}.bundle`);
+    buildAgentBundle({ root: checkout, version: versions.old, out: oldBundle });
+    buildAgentBundle({ root: checkout, version: versions.new, out: newBundle });
+    log(`agent bundles ${versions.old} and ${versions.new} built`);
+
+    const serverDir = path.join(dir, 'server');
+    const library = ContentStore.open(path.join(serverDir, 'library'), { create: true });
+    const trees = path.join(dir, 'trees');
+    const v1Tree = path.join(trees, 'model-v1');
+    await makeModelTree(v1Tree, oldBundle);
+    const v2Tree = path.join(trees, 'model-v2');
+    fs.cpSync(v1Tree, v2Tree, {
+      recursive: true,
+      verbatimSymlinks: true,
+      preserveTimestamps: true,
+    });
+    const changes = changeTree(v2Tree);
+    installBundle(v2Tree, newBundle);
+    const peTree = path.join(trees, 'pe');
+    fs.mkdirSync(peTree, { recursive: true });
+    fs.copyFileSync(newBundle, path.join(peTree, 'agent.bundle'));
+    const props = { os: 'debian', version: '12', arch: 'amd64' };
+    const v1 = await captureImage({
+      source: v1Tree,
+      store: library,
+      name: 'lab-desktop-v1',
+      description: `lab model, client ${versions.old}`,
+      properties: props,
+    });
+    const v2 = await captureImage({
+      source: v2Tree,
+      store: library,
+      name: 'lab-desktop-v2',
+      description: `lab model changed (${changes.changed} changed, ${changes.added} added, ${changes.removed} removed), client ${versions.new}`,
+      properties: props,
+    });
+    const pe = await captureImage({
+      source: peTree,
+      store: library,
+      name: 'reimage-pe',
+      description: `PE with agent ${versions.new}`,
+      properties: { arch: 'amd64' },
+    });
+    const images = { v1: v1.record.id, v2: v2.record.id, pe: pe.record.id };
+    log(
+      `images captured: v1 ${images.v1.slice(0, 12)}, v2 ${images.v2.slice(0, 12)} ` +
+        `(${changes.changed} files changed, ${changes.added} added, ${changes.removed} removed), PE ${images.pe.slice(0, 12)}`,
+    );
+
+    // ---- the server (registers the library's images at start)
+    const server = await startServer({
+      dataDir: serverDir,
+      host: '127.0.0.1',
+      port: 0,
+      insecureHttp: true,
+      logger: false,
+    });
+    closers.push(() => server.close());
+    const password = fs.readFileSync(path.join(serverDir, 'initial-admin-password'), 'utf8').trim();
+    const anon = new ApiClient({ server: server.url });
+    const login = await anon.request<{ token: string }>('POST', '/api/v1/auth/login', {
+      body: { username: 'admin', password },
+    });
+    anon.close();
+    const api = new ApiClient({ server: server.url, token: login.token });
+    closers.push(() => api.close());
+    log(`server ${server.url} (SQLite in ${serverDir}); logged in as admin`);
+
+    // ---- sites: a DP behind a link each
+    const sites: DemoSite[] = [];
+    for (const [i, name] of siteNames.entries()) {
+      const writer = { username: 'replicator', password: randomBytes(18).toString('base64url') };
+      const dp = await startLabDp({ root: path.join(dir, 'dps', name), writer });
+      closers.push(() => dp.close());
+      const link = await startLink({
+        target: { host: '127.0.0.1', port: dp.port },
+        rateBitsPerSec: o.link?.rateBitsPerSec ?? 40_000_000,
+        latencyMs: o.link?.latencyMs ?? 20,
+        seed: i + 1,
+      });
+      closers.push(() => link.close());
+      await api.request('POST', '/api/v1/distribution-points', {
+        body: {
+          name: `dp-${name}`,
+          address: link.url,
+          site: name,
+          boundaries: [`10.${100 + i}.0.0/16`],
+          credentials: writer,
+        },
+      });
+      const { token } = await api.request<{ token: string }>('POST', '/api/v1/enrollment-tokens', {
+        body: { site: name, uses: count, expiresInHours: 24 },
+      });
+      sites.push({ name, dp, link, enrollmentToken: token });
+      log(`site ${name}: DP ${dp.url} behind link ${link.url}`);
+    }
+
+    // ---- packages, replicated through the server's API (over the links)
+    const settings = {
+      apiVersion: 'reimage/v1',
+      kind: 'DeploymentSettings',
+      options: {
+        requireUserPermission: false,
+        allowDecline: true,
+        postponement: { allowed: true, maximum: `${later + 30}s` },
+        whenNoAnswer: 'install',
+      },
+      stateStore: { type: 'local', encrypt: true },
+      rollback: { retainDays: 0 },
+      prestage: { enabled: true },
+    };
+    const pkg = (name: string, version: string, imageId: string, withPe: boolean) => ({
+      definition: JSON.stringify({
+        apiVersion: 'reimage/v1',
+        kind: 'PackageDefinition',
+        name,
+        version,
+        description: `lab demo: ${name}`,
+        image: { id: imageId },
+        ...(withPe ? { pe: { name: 'reimage-pe' } } : {}),
+      }),
+      settings: JSON.stringify(settings),
+    });
+    await api.request('POST', '/api/v1/packages', {
+      body: pkg('lab-desktop', '2.0', images.v2, true),
+    });
+    // The same image for the machines whose users must consent: nothing installs without a yes.
+    await api.request('POST', '/api/v1/packages', {
+      body: {
+        ...pkg('lab-desktop-consent', '2.0', images.v2, true),
+        settings: JSON.stringify({
+          ...settings,
+          options: { ...settings.options, requireUserPermission: true, whenNoAnswer: 'postpone' },
+        }),
+      },
+    });
+    // The PE is content too: its own package puts it on the DPs beside the image.
+    await api.request('POST', '/api/v1/packages', {
+      body: pkg('reimage-pe', versions.new, images.pe, false),
+    });
+    const dpNames = sites.map((s) => `dp-${s.name}`);
+    const distributed = [
+      'lab-desktop@2.0',
+      'lab-desktop-consent@2.0',
+      `reimage-pe@${versions.new}`,
+    ];
+    for (const p of distributed)
+      await api.request('POST', `/api/v1/packages/${encodeURIComponent(p)}/distribute`, {
+        body: { distributionPoints: dpNames },
+      });
+    await waitForDistribution(api, distributed, o.signal);
+    log(`packages ${distributed.join(', ')} replicated to ${dpNames.join(', ')}`);
+
+    // ---- machines
+    const machines: DemoMachine[] = [];
+    const planOf = o.plan ?? ((i: number) => USER_PLANS[i % USER_PLANS.length]!);
+    for (let i = 0; i < count; i++) {
+      const site = sites[i % sites.length]!;
+      const name = `pc-${site.name}-${String(Math.floor(i / sites.length) + 1).padStart(2, '0')}`;
+      const mdir = path.join(dir, 'machines', name);
+      const m = await createLabMachine({
+        dir: mdir,
+        name,
+        site: site.name,
+        agentBundle: oldBundle,
+        ip: `10.${100 + (i % sites.length)}.0.${10 + Math.floor(i / sites.length)}`,
+        tree: { seed: 100 + i, users: o.users ?? 2, scale: 'small' },
+      });
+      configureClient(m.disk, server.url, site);
+      markApplied(m.disk, images.v1);
+      machines.push({
+        name,
+        site: site.name,
+        dir: mdir,
+        disk: m.disk,
+        plan: planOf(i),
+        before: hashUserData(m.disk, defaults.osPaths),
+      });
+    }
+    log(
+      `${count} lab machines created, ${machines.reduce((n, m) => n + Object.keys(m.before).length, 0)} user files hashed`,
+    );
+
+    const advertise = async () => {
+      const consent = machines
+        .filter((m) => needsConsent(m.plan))
+        .map((m) => JSON.stringify(m.name));
+      const sitesRule = `site in [${siteNames.map((s) => JSON.stringify(s)).join(', ')}]`;
+      await api.request('POST', '/api/v1/collections', {
+        body: {
+          name: 'lab-machines',
+          description: 'every machine of the lab demo (but those that ask for consent)',
+          rule:
+            consent.length > 0 ? `${sitesRule} and name not in [${consent.join(', ')}]` : sitesRule,
+        },
+      });
+      if (consent.length > 0) {
+        await api.request('POST', '/api/v1/collections', {
+          body: {
+            name: 'lab-consent',
+            description: 'lab machines whose users must consent',
+            rule: `name in [${consent.join(', ')}]`,
+          },
+        });
+        await api.request('POST', '/api/v1/advertisements', {
+          body: {
+            name: 'lab-desktop-consent-rollout',
+            package: 'lab-desktop-consent@2.0',
+            collection: 'lab-consent',
+            policy: { countdown: `${countdown}s` },
+          },
+        });
+        log(
+          `advertisement lab-desktop-consent-rollout: ${consent.length} machine(s), permission required, no answer postpones`,
+        );
+      }
+      await api.request('POST', '/api/v1/advertisements', {
+        body: {
+          name: 'lab-desktop-rollout',
+          package: 'lab-desktop@2.0',
+          collection: 'lab-machines',
+          policy: {
+            countdown: `${countdown}s`,
+            message: 'Your computer moves to the new lab desktop. Save your work.',
+          },
+        },
+      });
+      log(
+        `advertisement lab-desktop-rollout: countdown ${countdown} s, later up to ${later + 30} s, decline allowed, no answer installs`,
+      );
+    };
+
+    return { dir, server, api, sites, images, versions, machines, advertise, close };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}
+
+/** The work folder: created, or emptied when an earlier demo left it (never another folder). */
+function prepareWorkFolder(dir: string): void {
+  if (fs.existsSync(dir) && fs.readdirSync(dir).length > 0) {
+    if (!fs.existsSync(path.join(dir, MARKER)))
+      throw new ReimageError(
+        'INVALID_ARGUMENT',
+        `${dir} is not empty and holds no earlier demo: give an empty or new folder with --dir`,
+      );
+    for (const e of fs.readdirSync(dir))
+      fs.rmSync(path.join(dir, e), { recursive: true, force: true });
+  }
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(
+    path.join(dir, MARKER),
+    'reimage lab demo work folder: emptied by the next demo\n',
+  );
+  // The machines' disks are other computers: a package.json of the checkout above them (the
+  // default folder is ./lab-data/demo, "type": "module") must not decide how Node loads the
+  // agent bundles on them (docs/lab.md, "Limits").
+  fs.writeFileSync(
+    path.join(dir, 'package.json'),
+    JSON.stringify(
+      { private: true, description: 'reimage lab demo work folder', type: 'commonjs' },
+      null,
+      2,
+    ) + '\n',
+  );
+}
+
+/** The model computer: a generated Debian 12 tree without users, data or client identity. */
+async function makeModelTree(root: string, bundle: string): Promise<void> {
+  await makeMachineTree(root, { seed: 7, users: 0, scale: 'small', hostname: 'lab-model' });
+  // Only OS paths go into the image: what is not an OS path is the machines' own data.
+  const os = new Set(defaults.osPaths.map((p) => p.slice(1)));
+  for (const e of fs.readdirSync(root))
+    if (!os.has(e)) fs.rmSync(path.join(root, e), { recursive: true, force: true });
+  // Generalized: no client identity (each machine has its own, restored in phase 3).
+  for (const f of ['client.json', 'credential', 'policy-cache.json', 'enrollment-token'])
+    fs.rmSync(path.join(root, 'etc/reimage', f), { force: true });
+  installBundle(root, bundle);
+}
+
+function installBundle(root: string, bundle: string): void {
+  const target = path.join(root, AGENT_BUNDLE_PATH);
+  fs.mkdirSync(path.dirname(target), { recursive: true });
+  fs.rmSync(path.join(path.dirname(target), 'run'), { recursive: true, force: true });
+  fs.copyFileSync(bundle, target);
+  fs.chmodSync(target, 0o755);
+}
+
+/**
+ * v2: files of /usr and /boot changed (every 4th), removed (every 7th) and added (a few), a
+ * release file in /etc. The agent's own folder is left to installBundle.
+ */
+function changeTree(root: string): { changed: number; added: number; removed: number } {
+  const files = ['usr', 'boot']
+    .flatMap((d) =>
+      fs
+        .readdirSync(path.join(root, d), { recursive: true, withFileTypes: true })
+        .filter((e) => e.isFile())
+        .map((e) => path.join(e.parentPath, e.name)),
+    )
+    .filter((f) => !f.startsWith(path.join(root, 'usr/lib/reimage')))
+    .sort();
+  let changed = 0;
+  let removed = 0;
+  for (const [i, f] of files.entries()) {
+    if (i % 7 === 3) {
+      fs.rmSync(f);
+      removed++;
+    } else if (i % 4 === 1) {
+      fs.appendFileSync(f, `\n# changed in the lab desktop v2 (${i})\n`);
+      changed++;
+    }
+  }
+  const added = path.join(root, 'usr/share/lab-desktop');
+  fs.mkdirSync(added, { recursive: true });
+  for (let i = 0; i < 6; i++)
+    fs.writeFileSync(
+      path.join(added, `release-note-${i}.txt`),
+      `lab desktop 2.0, note ${i}\n`.repeat(200 + i * 50),
+    );
+  fs.writeFileSync(path.join(root, 'etc/lab-desktop-release'), 'LAB_DESKTOP_VERSION=2.0\n');
+  return { changed, added: 7, removed };
+}
+
+/** Points the machine's client at the demo's server, with its site's enrollment token. */
+function configureClient(disk: string, server: string, site: DemoSite): void {
+  const etc = path.join(disk, 'etc/reimage');
+  fs.mkdirSync(etc, { recursive: true, mode: 0o750 });
+  // The generated tree holds an identity from elsewhere: this machine enrolls afresh.
+  for (const f of ['credential', 'policy-cache.json'])
+    fs.rmSync(path.join(etc, f), { force: true });
+  fs.writeFileSync(
+    path.join(etc, 'client.json'),
+    JSON.stringify({ server, site: site.name, pollSeconds: 2 }, null, 2) + '\n',
+  );
+  fs.writeFileSync(path.join(etc, 'enrollment-token'), `${site.enrollmentToken}\n`, {
+    mode: 0o600,
+  });
+}
+
+/**
+ * The machine runs v1, as if reimage had deployed it: the marker the new client writes after a
+ * success (`/.reimage/applied.json`), which the client reports as its applied image.
+ */
+function markApplied(disk: string, imageId: string): void {
+  const kept = path.join(disk, '.reimage');
+  fs.mkdirSync(kept, { recursive: true, mode: 0o700 });
+  fs.writeFileSync(
+    path.join(kept, 'applied.json'),
+    JSON.stringify({ imageId, package: 'lab-desktop@1.0', at: new Date().toISOString() }, null, 2) +
+      '\n',
+  );
+}
+
+async function waitForDistribution(
+  api: ApiClient,
+  packages: string[],
+  signal?: AbortSignal,
+): Promise<void> {
+  for (;;) {
+    let pending = 0;
+    for (const p of packages) {
+      const { items } = await api.request<{
+        items: Array<{ state: string; dpName: string; error: string | null }>;
+      }>('GET', `/api/v1/packages/${encodeURIComponent(p)}/distribution`);
+      for (const d of items) {
+        if (d.state === 'failed')
+          throw new ReimageError(
+            'DP_WRITE_FAILED',
+            `replication of ${p} to ${d.dpName} failed: ${d.error ?? 'unknown error'}`,
+          );
+        if (d.state !== 'done') pending++;
+      }
+    }
+    if (pending === 0) return;
+    await sleep(250, undefined, { signal });
+  }
+}
+
+// ------------------------------------------------------------------------------- the run
+
+interface TimelineItem {
+  seq: number;
+  messageId: number;
+  text: string;
+  properties: Record<string, unknown>;
+}
+
+interface ServerMachine {
+  id: string;
+  name: string;
+  appliedImageId: string | null;
+  clientVersion: string | null;
+}
+
+/** The end state a timeline shows, if any. */
+export function endStateOf(items: readonly TimelineItem[], plan?: UserPlan): EndState | undefined {
+  const ids = new Set(items.map((i) => i.messageId));
+  if (ids.has(5003)) return 'installed';
+  if (ids.has(6001)) return 'rolled-back';
+  if (ids.has(9000)) return 'failed';
+  if (ids.has(2004)) return 'declined';
+  const noAnswer = items.filter((i) => i.messageId === 2005).at(-1);
+  if (noAnswer && /declin/i.test(String(noAnswer.properties['outcome'] ?? ''))) return 'declined';
+  // Consent required and nobody answered twice in a row: it waits, and nothing was installed.
+  const waited = items.filter(
+    (i) => i.messageId === 2005 && /postpon/i.test(String(i.properties['outcome'] ?? '')),
+  );
+  if (plan && needsConsent(plan) && waited.length >= 2 && !ids.has(3000)) return 'not-installed';
+  return undefined;
+}
+
+/** What the machine is doing, from its last status message. */
+export function phaseOf(last: number | undefined): string {
+  if (last === undefined) return 'booting';
+  if (last === 5003) return 'done';
+  if (last >= 9000) return 'failed';
+  if (last >= 6000) return 'rollback';
+  if (last >= 5000) return 'phase 3 restore';
+  if (last >= 4000) return 'phase 2 PE';
+  if (last >= 3000) return 'phase 1 prepare';
+  if (last >= 2000) return 'notification';
+  return 'enrolled';
+}
+
+/** Runs the whole demo: prepare, advertise, boot every machine, follow them to the end. */
+export async function runDemo(o: DemoOptions): Promise<DemoResult> {
+  const started = Date.now();
+  const log = o.log ?? (() => {});
+  if (!o.answer)
+    throw new ReimageError(
+      'INVALID_ARGUMENT',
+      'the demo needs the notification page (answerNotification) to answer for its users',
+    );
+  const answer = o.answer;
+  const lab = await prepareDemo(o);
+  const power = new AbortController();
+  const stopAll = () => power.abort();
+  o.signal?.addEventListener('abort', stopAll);
+  try {
+    await lab.advertise();
+    const timeoutAt = started + (o.timeoutMs ?? 15 * 60_000);
+    const state = lab.machines.map((m) => ({
+      m,
+      power: new AbortController(),
+      firmware: undefined as Promise<FirmwareResult | Error> | undefined,
+      halted: undefined as Error | undefined,
+      poweredOff: false,
+      serverId: undefined as string | undefined,
+      items: [] as TimelineItem[],
+      endState: undefined as EndState | undefined,
+      settledAt: 0,
+      inventory: undefined as ServerMachine | undefined,
+      answered: new Set<string>(),
+      answers: 0,
+      boots: 0,
+    }));
+    setMaxListeners(state.length + 10, power.signal);
+    for (const s of state) {
+      power.signal.addEventListener('abort', () => s.power.abort());
+      const firmware: FirmwareOptions = {
+        machine: s.m.dir,
+        signal: s.power.signal,
+        powerCycleDelayMs: 500,
+        loopGuard: { boots: 20, windowMs: 60_000 },
+        ...(o.agentEnv ? { env: o.agentEnv } : {}),
+      };
+      s.firmware = (
+        o.firmware === 'in-process' ? runFirmware(firmware) : firmwareProcess(firmware)
+      ).then(
+        (r) => {
+          s.poweredOff = true;
+          s.boots = r.boots.length;
+          return r;
+        },
+        (e: unknown) => {
+          s.halted = e as Error;
+          s.poweredOff = true;
+          log(`${s.m.name}: halted: ${(e as Error).message}`);
+          return e as Error;
+        },
+      );
+    }
+    log(`${state.length} machines powered on`);
+
+    // The simulated users and the progress, until every machine is done.
+    for (;;) {
+      if (o.signal?.aborted) throw new ReimageError('CANCELLED', 'the demo was stopped');
+      const servers = await lab.api.request<{ items: ServerMachine[] }>('GET', '/api/v1/machines');
+      for (const s of state) {
+        if (s.endState && s.power.signal.aborted) continue;
+        // The user: answers each new notification by the plan.
+        await userTurn(s, answer, o.laterSeconds ?? 8, log);
+        const sm = servers.items.find((x) => x.name === s.m.name);
+        if (sm) {
+          s.serverId = sm.id;
+          s.inventory = sm;
+          const { items } = await lab.api.request<{ items: TimelineItem[] }>(
+            'GET',
+            `/api/v1/machines/${sm.id}/timeline`,
+          );
+          s.items = items;
+        }
+        if (s.halted && !s.endState) s.endState = 'halted';
+        const end = s.endState ?? endStateOf(s.items, s.m.plan);
+        if (end && !s.endState) {
+          s.endState = end;
+          s.settledAt = Date.now();
+          log(`${s.m.name}: ${end} (plan ${s.m.plan})`);
+        }
+        if (s.endState && !s.power.signal.aborted && settled(s, lab)) {
+          s.power.abort();
+        }
+      }
+      o.onProgress?.(
+        state.map((s) => ({
+          name: s.m.name,
+          site: s.m.site,
+          plan: s.m.plan,
+          phase: s.endState ?? phaseOf(s.items.at(-1)?.messageId),
+          lastStatus: s.items.at(-1)?.text ?? (s.serverId ? 'enrolled' : 'booting'),
+          statusMessages: s.items.length,
+          ...(s.endState ? { endState: s.endState } : {}),
+        })),
+      );
+      if (state.every((s) => s.endState && s.power.signal.aborted)) break;
+      if (Date.now() > timeoutAt) {
+        for (const s of state)
+          if (!s.endState) {
+            s.endState = 'timeout';
+            log(`${s.m.name}: timeout (plan ${s.m.plan}, last: ${s.items.at(-1)?.text ?? 'none'})`);
+          }
+        power.abort();
+        break;
+      }
+      await sleep(1000);
+    }
+    await Promise.all(state.map((s) => s.firmware));
+
+    // Final figures, from the server and from the disks.
+    const servers = await lab.api.request<{ items: ServerMachine[] }>('GET', '/api/v1/machines');
+    const machines: DemoMachineResult[] = [];
+    for (const s of state) {
+      const sm = servers.items.find((x) => x.name === s.m.name);
+      const items = sm
+        ? (
+            await lab.api.request<{ items: TimelineItem[] }>(
+              'GET',
+              `/api/v1/machines/${sm.id}/timeline`,
+            )
+          ).items
+        : [];
+      const cmp = compareUserData(s.m.before, hashUserData(s.m.disk, defaults.osPaths));
+      machines.push({
+        name: s.m.name,
+        site: s.m.site,
+        plan: s.m.plan,
+        expected: expectedEnd(s.m.plan),
+        endState: s.endState ?? 'timeout',
+        imageId: sm?.appliedImageId ?? null,
+        clientVersion: sm?.clientVersion ?? null,
+        userDataIntact: cmp.intact,
+        statusMessages: items.length,
+        userData: {
+          files: cmp.files,
+          bytes: cmp.bytes,
+          missing: cmp.missing.length,
+          changed: cmp.changed.length,
+          moved: cmp.moved.length,
+        },
+        guid: sm?.id ?? null,
+        diskGuid: diskGuid(s.m.disk),
+        boots: s.boots,
+        timeline: items.map((i) => ({ seq: i.seq, id: i.messageId })),
+      });
+    }
+    const result: DemoResult = {
+      machines,
+      images: lab.images,
+      versions: lab.versions,
+      ok: machines.every((m) => m.endState === m.expected && m.userDataIntact),
+      seconds: (Date.now() - started) / 1000,
+      server: lab.server.url,
+      dir: lab.dir,
+    };
+    await o.afterRun?.(lab, result);
+    return result;
+  } finally {
+    power.abort();
+    o.signal?.removeEventListener('abort', stopAll);
+    await lab.close();
+  }
+}
+
+/**
+ * The firmware as its own process: `reimage lab boot MACHINE --json` of this checkout. Pulling
+ * the power (the signal) is a SIGTERM to it, which kills the booted program; a halt is its
+ * failure exit.
+ */
+function firmwareProcess(f: FirmwareOptions): Promise<FirmwareResult> {
+  const cli = path.join(checkoutRoot(), 'bin', 'reimage.js');
+  const args = [
+    cli,
+    'lab',
+    'boot',
+    f.machine,
+    '--json',
+    '--power-cycle-delay',
+    String(f.powerCycleDelayMs ?? 1000),
+    ...(f.loopGuard ? ['--max-boots-per-minute', String(f.loopGuard.boots)] : []),
+  ];
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...f.env },
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+    const stop = () => child.kill('SIGTERM');
+    if (f.signal?.aborted) stop();
+    else f.signal?.addEventListener('abort', stop, { once: true });
+    child.on('error', reject);
+    child.on('close', (code) => {
+      f.signal?.removeEventListener('abort', stop);
+      try {
+        if (code === 0) return resolve(JSON.parse(out) as FirmwareResult);
+      } catch {
+        // not the JSON it prints: a failure
+      }
+      // A halt (no bootable device, a boot loop): its message is the firmware's last line.
+      reject(
+        new Error(
+          `the firmware of ${f.machine} ended with ${code}: ${err.trim().split('\n').at(-1) ?? ''}`,
+        ),
+      );
+    });
+  });
+}
+
+function diskGuid(disk: string): string | null {
+  try {
+    const c = JSON.parse(fs.readFileSync(path.join(disk, 'etc/reimage/client.json'), 'utf8')) as {
+      guid?: unknown;
+    };
+    return typeof c.guid === 'string' ? c.guid : null;
+  } catch {
+    return null;
+  }
+}
+
+type RunState = {
+  m: DemoMachine;
+  items: TimelineItem[];
+  endState?: EndState;
+  settledAt: number;
+  inventory?: ServerMachine;
+  answered: Set<string>;
+  answers: number;
+};
+
+/**
+ * Whether a machine that reached its end state may be powered off: its deployment is over on
+ * the disk (no plan in the kept area) and, when installed, the new client has reported its
+ * inventory — or 30 s went by.
+ */
+function settled(s: RunState, lab: DemoLab): boolean {
+  if (Date.now() - s.settledAt > 30_000) return true;
+  if (fs.existsSync(path.join(s.m.disk, '.reimage/deployment/plan.json'))) return false;
+  if (s.endState !== 'installed') return true;
+  return (
+    s.inventory?.clientVersion === lab.versions.new && s.inventory.appliedImageId === lab.images.v2
+  );
+}
+
+/** The simulated user of one machine: answers a notification it has not answered yet. */
+async function userTurn(
+  s: RunState,
+  answer: AnswerNotification,
+  laterSeconds: number,
+  log: (line: string) => void,
+): Promise<void> {
+  if (s.m.plan === 'none' || s.m.plan === 'consent-none' || s.endState) return;
+  let text: string;
+  try {
+    text = fs.readFileSync(path.join(s.m.disk, NOTIFICATION_FILE), 'utf8');
+  } catch {
+    return; // nothing pending
+  }
+  const key = notificationKey(text);
+  if (s.answered.has(key)) return;
+  const choice: UserAnswer =
+    s.m.plan === 'decline'
+      ? { choice: 'decline' }
+      : s.m.plan === 'later' && s.answers === 0
+        ? { choice: 'later', until: new Date(Date.now() + laterSeconds * 1000).toISOString() }
+        : { choice: 'now' };
+  try {
+    await answer(s.m.disk, choice, 'web');
+  } catch (e) {
+    // The notification went away meanwhile (countdown over, or replaced): try the next one.
+    log(`${s.m.name}: could not answer (${(e as Error).message})`);
+    return;
+  }
+  s.answered.add(key);
+  s.answers++;
+  log(
+    `${s.m.name}: the user answered ${choice.choice}${choice.until ? ` until ${choice.until}` : ''}`,
+  );
+}
+
+/** One notification from another: its id when it has one, else its whole text. */
+function notificationKey(text: string): string {
+  try {
+    const j = JSON.parse(text) as { id?: unknown; notificationId?: unknown };
+    const id = j.id ?? j.notificationId;
+    if (typeof id === 'string' || typeof id === 'number') return String(id);
+  } catch {
+    // not JSON (yet): the text itself
+  }
+  return text;
+}
+
+// ------------------------------------------------------------------------------- output
+
+/** The progress table: one line per machine (phase, last status). */
+export function progressTable(rows: readonly MachineProgress[], width = 120): string[] {
+  const name = Math.max(7, ...rows.map((r) => r.name.length));
+  const lines = [
+    `${'machine'.padEnd(name)}  ${'site'.padEnd(6)}  ${'user'.padEnd(12)}  ${'phase'.padEnd(16)}  msgs  last status`,
+  ];
+  for (const r of rows) {
+    const line = `${r.name.padEnd(name)}  ${r.site.padEnd(6)}  ${r.plan.padEnd(12)}  ${r.phase.padEnd(16)}  ${String(r.statusMessages).padStart(4)}  ${r.lastStatus}`;
+    lines.push(line.length > width ? `${line.slice(0, width - 1)}…` : line);
+  }
+  return lines;
+}
