@@ -14,6 +14,9 @@ import { after, before, describe, it } from 'node:test';
 import { keptPaths, runDeployment, startDeployment } from '../src/agent/deploy.js';
 import type { DeploymentOutcome, DeploymentPlan } from '../src/agent/deploy.js';
 import { Outbox } from '../src/agent/outbox.js';
+import { ContentStore } from '../src/content/store.js';
+import { exportImage, importFile } from '../src/image/convert.js';
+import { loadFormats } from '../src/image/formats/registry.js';
 import { BOOT_CONFIG, labPlatform } from '../src/agent/platform.js';
 import type { MachineTreeFacts } from '../src/lab/machine-tree.js';
 import { dataSnapshot, makeDeployFixture, makeLabMachine, makePlan } from './support/deploy.js';
@@ -131,6 +134,39 @@ describe('in-place deployment on a lab machine (engine)', () => {
     outbox.close();
     assert.equal(last.id, 9000);
     assert.equal(last.properties?.['code'], 'DEPLOYMENT_CHECK_FAILED');
+  });
+
+  it('an opaque tar.zst image (a third-party file stored as is) deploys in place too', async () => {
+    // The same new OS, exported as tar.zst and stored opaquely in the DP: its format applies it.
+    const store = ContentStore.open(f.dp);
+    const registry = await loadFormats();
+    const file = join(base, 'new-os.tar.zst');
+    await exportImage({ store, registry, image: f.imageId, format: 'tar.zst', out: file });
+    const { record } = await importFile({
+      store,
+      registry,
+      file,
+      name: 'debian-13-tarzst',
+      format: 'tar.zst',
+      opaque: true,
+    });
+    assert.equal(record.imageFormat, 'opaque');
+    const { dir, facts } = await labMachine();
+    const root = join(dir, 'disk');
+    const data = dataSnapshot(root, facts);
+    startDeployment(
+      root,
+      plan({ image: { id: record.id, os: 'debian', arch: 'x86_64', bytes: 64 * 1024 * 1024 } }),
+    );
+    const { outcome, log } = await bootUntilDone(dir);
+    assert.equal(outcome, 'succeeded', log.join('\n'));
+    assert.match(readFileSync(join(root, 'etc/os-release'), 'utf8'), /VERSION_ID="?13/);
+    assert.equal(readFileSync(join(root, 'usr/lib/reimage/agent.bundle'), 'utf8'), '// os 2.0.0\n');
+    assert.deepEqual(dataSnapshot(root, facts), data);
+    const outbox = new Outbox(keptPaths(root).outbox);
+    const applied = outbox.all().find((e) => e.id === 4003)!;
+    outbox.close();
+    assert.equal(applied.properties?.['reusedFiles'], 0);
   });
 
   it('a new OS without a client (a failure after the swap) rolls back to the old OS, data intact', async () => {

@@ -4,6 +4,9 @@ import { isReimageError, ReimageError } from '../errors.js';
 import { openRemote } from '../content/remote.js';
 import type { RemoteStore } from '../content/remote.js';
 import { ContentStore } from '../content/store.js';
+import { applyOpaque } from '../image/convert.js';
+import { loadFormats } from '../image/formats/registry.js';
+import { ImageLibrary } from '../image/library.js';
 import { applyImage, estimateApply, restoreReused, unshareReused } from '../image/apply.js';
 import type { ReuseOptions } from '../image/apply.js';
 import { fetchImageSeeded } from '../image/fetch.js';
@@ -426,6 +429,22 @@ class Engine {
       const applied = await this.step('apply', async (attempt) => {
         if (attempt > 1) rmSync(this.p.newOs, { recursive: true, force: true });
         this.checkApplySpace('DISK_FULL');
+        const record = new ImageLibrary(this.staging()).resolve(plan.image.id);
+        if (record.imageFormat === 'opaque') {
+          // A third-party file (tar.zst, WIM, squashfs) stored as is: its format applies it,
+          // file by file, into the same folder; nothing is reused from the old OS.
+          const r = await applyOpaque({
+            store: this.staging(),
+            registry: await loadFormats(),
+            record,
+            target: this.p.newOs,
+          });
+          writeFileAtomic(
+            join(this.p.deployment, 'reused.json'),
+            JSON.stringify({ image: plan.image.id, entries: [] }),
+          );
+          return { entries: r.entries, bytes: r.bytes, reusedFiles: 0, reusedBytes: 0 };
+        }
         // The old OS is still in place: its identical files are hard-linked, not written.
         const r = await applyImage({
           store: this.staging(),
