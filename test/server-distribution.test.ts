@@ -44,6 +44,8 @@ forEachDatabase('package distribution', (get) => {
   test('distributes a package to a folder DP, which then serves the image', async () => {
     const server = get();
     const image = await addImage(server, 'dist-image');
+    // The default PE (an image named reimage-pe) travels with every package.
+    const pe = await addImage(server, 'reimage-pe');
     pkg = await createPackage(
       server,
       packageFiles({ name: 'dist', version: '1.0', image: image.id }),
@@ -86,6 +88,8 @@ forEachDatabase('package distribution', (get) => {
     const into = ContentStore.open(join(server.dir, 'staging'), { create: true });
     const r = await fetchImage({ sources: [dirRemote(folder)], imageId: image.id, into });
     assert.equal(r.badSources.length, 0);
+    const withPe = await fetchImage({ sources: [dirRemote(folder)], imageId: pe.id, into });
+    assert.equal(withPe.badSources.length, 0, 'the PE is on the DP too');
     const doc = JSON.parse(
       readFileSync(join(folder, 'objects/packages', `${pkg.id}.json`), 'utf8'),
     );

@@ -7,6 +7,7 @@ import { dirRemote, httpRemote, type RemoteStore } from '../../content/remote.js
 import { replicateImage } from '../../content/replicate.js';
 import { ReimageError } from '../../errors.js';
 import type { App } from '../app.js';
+import { resolvePe } from '../policy.js';
 import { dpCredentialsContext, type DpCredentials } from './distribution-points.js';
 import { audit, listOf, RefParams, responses } from './common.js';
 import { packageDocument } from './packages.js';
@@ -188,15 +189,26 @@ export function distributionRoutes(app: App): void {
       let waitingUntil = '';
       let progress = { bytesDone: 0, bytesTotal: 0 };
       try {
-        const r = await replicateImage({
-          from: await sourceFor(p, source),
-          to: await writerFor(dp),
-          imageId: p.imageId,
-          extraObjects: [{ path: packageDocumentPath(p), data: doc }],
+        const from = await sourceFor(p, source);
+        const to = await writerFor(dp);
+        const common = {
+          from,
+          to,
           ...(kbps ? { rateLimitBytesPerSec: (kbps * 1000) / 8 } : {}),
           ...(dp.bandwidth.windows ? { windows: dp.bandwidth.windows } : {}),
           ...(clock ? { clock } : {}),
           signal: stop.signal,
+        };
+        // The package carries its PE: the machines install it from the same DP in phase 1.
+        // It goes first, so that a package marked done on a DP has everything a machine needs.
+        const pe = resolvePe(await catalog.listImages(), p.definition);
+        let peCopied = 0;
+        if (pe && pe.imageId !== p.imageId)
+          peCopied = (await replicateImage({ ...common, imageId: pe.imageId })).bytesCopied;
+        const r = await replicateImage({
+          ...common,
+          imageId: p.imageId,
+          extraObjects: [{ path: packageDocumentPath(p), data: doc }],
           onWait: (_until, hhmm) => {
             if (hhmm === waitingUntil) return;
             waitingUntil = hhmm;
@@ -211,9 +223,16 @@ export function distributionRoutes(app: App): void {
             void save({ state: 'copying', ...progress });
           },
         });
-        await save({ state: 'done', bytesDone: r.bytesCopied, bytesTotal: r.bytesCopied });
+        const copied = r.bytesCopied + peCopied;
+        await save({ state: 'done', bytesDone: copied, bytesTotal: copied });
         app.log.info(
-          { package: `${p.name}@${p.version}`, dp: dp.name, from: source?.name ?? 'library', ...r },
+          {
+            package: `${p.name}@${p.version}`,
+            dp: dp.name,
+            from: source?.name ?? 'library',
+            pe: pe?.name ?? null,
+            ...r,
+          },
           'package replicated to distribution point',
         );
       } catch (e) {
