@@ -61,9 +61,12 @@ async function boot(
     // new client the 2nd): the boots after the kill run clean, as after a power cut.
     if (role === kill.role && ++seen === (kill.nth ?? 1))
       env['REIMAGE_FAILPOINTS'] = kill.failpoints;
+    // `--once`: the client goes on with the deployment, then makes one poll cycle and exits
+    // (without it, the client is a daemon that polls until it is stopped).
+    const once = role === 'client' ? ['--once'] : [];
     const child = spawn(
       process.execPath,
-      [join(dir, 'disk', entry.program), ...entry.args, '--machine', dir],
+      [join(dir, 'disk', entry.program), ...entry.args, '--machine', dir, ...once],
       { env, stdio: ['ignore', 'ignore', 'pipe'] },
     );
     let err = '';
@@ -139,6 +142,13 @@ describe('killed at every step: the deployment converges, data intact, no duplic
       const dir = join(base, `m${++n}`);
       const facts = await makeLabMachine(dir, n, launcher);
       const root = join(dir, 'disk');
+      // No server: the deployment's plan is written by the test, and the client's poll cycle
+      // after it has nobody to call (the generated client.json names an unreachable one).
+      const clientJson = join(root, 'etc/reimage/client.json');
+      const { server: _server, ...client } = JSON.parse(readFileSync(clientJson, 'utf8')) as {
+        server?: string;
+      };
+      writeFileSync(clientJson, JSON.stringify(client));
       const data = dataSnapshot(root, facts);
       const osRelease = readFileSync(join(root, 'etc/os-release'), 'utf8');
       startDeployment(
