@@ -11,15 +11,21 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { keptPaths, runDeployment, startDeployment } from '../src/agent/deploy.js';
-import type { DeploymentOutcome, DeploymentPlan } from '../src/agent/deploy.js';
+import { keptPaths, startDeployment } from '../src/agent/deploy.js';
+import type { DeploymentPlan } from '../src/agent/deploy.js';
 import { Outbox } from '../src/agent/outbox.js';
 import { ContentStore } from '../src/content/store.js';
 import { exportImage, importFile } from '../src/image/convert.js';
 import { loadFormats } from '../src/image/formats/registry.js';
-import { BOOT_CONFIG, labPlatform } from '../src/agent/platform.js';
+import { BOOT_CONFIG } from '../src/agent/platform.js';
 import type { MachineTreeFacts } from '../src/lab/machine-tree.js';
-import { dataSnapshot, makeDeployFixture, makeLabMachine, makePlan } from './support/deploy.js';
+import {
+  bootUntilDone,
+  dataSnapshot,
+  makeDeployFixture,
+  makeLabMachine,
+  makePlan,
+} from './support/deploy.js';
 import type { DeployFixture } from './support/deploy.js';
 
 /**
@@ -27,8 +33,6 @@ import type { DeployFixture } from './support/deploy.js';
  * a reboot is the platform's exit, which this test turns into "boot again from the disk's
  * boot configuration". (The firmware process and the bundle are tested in test/lab-*.)
  */
-
-class Reboot extends Error {}
 
 const base = mkdtempSync(join(tmpdir(), 'reimage-deploy-'));
 after(() => rmSync(base, { recursive: true, force: true }));
@@ -45,41 +49,6 @@ async function labMachine(): Promise<{ dir: string; facts: MachineTreeFacts }> {
 }
 
 const plan = (over: Partial<DeploymentPlan> = {}) => makePlan(f, `d${n}`, over);
-
-/** Boots the machine until the deployment ends, as the firmware would; returns the outcome and the boots. */
-async function bootUntilDone(
-  dir: string,
-  opts: { maxBoots?: number; beforeBoot?: (boot: number, role: string) => void } = {},
-): Promise<{ outcome: DeploymentOutcome; roles: string[]; log: string[] }> {
-  const roles: string[] = [];
-  const log: string[] = [];
-  for (let boot = 0; boot < (opts.maxBoots ?? 12); boot++) {
-    const platform = labPlatform(dir, {
-      exit: () => {
-        throw new Reboot();
-      },
-    });
-    const cfg = platform.bootConfig();
-    const entry = cfg.next ?? cfg.default;
-    if (cfg.next) {
-      // The firmware clears a one-time entry before it boots it.
-      writeFileSync(join(dir, BOOT_CONFIG), JSON.stringify({ ...cfg, next: undefined }));
-    }
-    const role = entry === 'pe' ? 'pe' : 'client';
-    roles.push(role);
-    opts.beforeBoot?.(boot, role);
-    const outbox = new Outbox(keptPaths(platform.root).outbox);
-    try {
-      const outcome = await runDeployment({ platform, outbox, role, log: (l) => log.push(l) });
-      return { outcome, roles, log };
-    } catch (e) {
-      if (!(e instanceof Reboot)) throw e;
-    } finally {
-      outbox.close();
-    }
-  }
-  throw new Error('the machine did not settle');
-}
 
 describe('in-place deployment on a lab machine (engine)', () => {
   it('three phases: new OS in place, user data byte-identical with the same inodes, same GUID, one timeline', async () => {

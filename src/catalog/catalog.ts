@@ -1122,41 +1122,6 @@ export class Catalog {
 
   // ---- status messages ----
 
-  /**
-   * Stores a batch of one machine's status messages. A message already stored (same machine
-   * and sequence number) is left as it was, so a batch posted twice counts once; order of
-   * arrival does not matter.
-   */
-  async ingestStatus(
-    machineId: string,
-    messages: StatusMessage[],
-  ): Promise<{ accepted: number; duplicates: number }> {
-    if (messages.length === 0) return { accepted: 0, duplicates: 0 };
-    const receivedAt = this.now();
-    const rows = messages.map((m) => ({
-      machine_id: machineId,
-      seq: m.seq,
-      message_id: m.messageId,
-      component: m.component,
-      phase: m.phase,
-      severity: m.severity,
-      advertisement_id: m.advertisementId,
-      time: m.time,
-      received_at: receivedAt,
-      properties: toJson(m.properties),
-    }));
-    let accepted = 0;
-    for (let i = 0; i < rows.length; i += 200) {
-      const r = await this.q
-        .insertInto('status_messages')
-        .values(rows.slice(i, i + 200))
-        .onConflict((oc) => oc.columns(['machine_id', 'seq']).doNothing())
-        .executeTakeFirst();
-      accepted += Number(r.numInsertedOrUpdatedRows ?? 0);
-    }
-    return { accepted, duplicates: messages.length - accepted };
-  }
-
   async listStatus(filter: {
     machineId?: string;
     advertisementId?: string;

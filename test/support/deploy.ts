@@ -1,8 +1,10 @@
 import { createHash } from 'node:crypto';
 import { lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { DeploymentPlan } from '../../src/agent/deploy.js';
-import { BOOT_CONFIG } from '../../src/agent/platform.js';
+import { keptPaths, runDeployment } from '../../src/agent/deploy.js';
+import type { DeploymentOutcome, DeploymentPlan } from '../../src/agent/deploy.js';
+import { Outbox } from '../../src/agent/outbox.js';
+import { BOOT_CONFIG, labPlatform } from '../../src/agent/platform.js';
 import { ContentStore } from '../../src/content/store.js';
 import { captureImage } from '../../src/image/capture.js';
 import { makeMachineTree, makeNewOsTree } from '../../src/lab/machine-tree.js';
@@ -123,4 +125,42 @@ export function dataSnapshot(root: string, facts: MachineTreeFacts): Map<string,
     m.set(f, `${h} ${lstatSync(abs).ino}`);
   }
   return m;
+}
+
+class Reboot extends Error {}
+
+/**
+ * Boots a lab machine until its deployment ends, as the firmware would (in this process: a
+ * reboot is the platform's exit, turned into "boot again from the disk's boot configuration").
+ */
+export async function bootUntilDone(
+  dir: string,
+  opts: { maxBoots?: number; beforeBoot?: (boot: number, role: string) => void } = {},
+): Promise<{ outcome: DeploymentOutcome; roles: string[]; log: string[] }> {
+  const roles: string[] = [];
+  const log: string[] = [];
+  for (let boot = 0; boot < (opts.maxBoots ?? 12); boot++) {
+    const platform = labPlatform(dir, {
+      exit: () => {
+        throw new Reboot();
+      },
+    });
+    const cfg = platform.bootConfig();
+    const entry = cfg.next ?? cfg.default;
+    if (cfg.next)
+      writeFileSync(join(dir, BOOT_CONFIG), JSON.stringify({ ...cfg, next: undefined }));
+    const role = entry === 'pe' ? 'pe' : 'client';
+    roles.push(role);
+    opts.beforeBoot?.(boot, role);
+    const outbox = new Outbox(keptPaths(platform.root).outbox);
+    try {
+      const outcome = await runDeployment({ platform, outbox, role, log: (l) => log.push(l) });
+      return { outcome, roles, log };
+    } catch (e) {
+      if (!(e instanceof Reboot)) throw e;
+    } finally {
+      outbox.close();
+    }
+  }
+  throw new Error('the machine did not settle');
 }
