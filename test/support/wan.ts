@@ -103,6 +103,10 @@ export function startNamespaceLink(opts: {
     ] as const) {
       run(ip, ['-n', ns, 'link', 'set', dev, 'up']);
     }
+    // One packet per segment: otherwise TCP hands the veth 64 KiB TSO/GSO packets, tbf and
+    // nftables see a few dozen "packets" per MiB, and a 3 % drop rule may drop none at all.
+    run(ip, ['-n', s, 'link', 'set', `${name}a`, 'gso_max_segs', '1']);
+    run(ip, ['-n', c, 'link', 'set', `${name}b`, 'gso_max_segs', '1']);
     const rate = `${Math.round(opts.rateBitsPerSec / 1000)}kbit`;
     run(tc, [
       '-n',
