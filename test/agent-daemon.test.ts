@@ -39,6 +39,7 @@ import {
 } from './support/fixtures.js';
 import { makeTestServer } from './support/server.js';
 import type { TestServer } from './support/server.js';
+import { isProgressMessage } from '../src/status/messages.js';
 
 /**
  * The client daemon against a real server (SQLite, HTTP on loopback) and lab machines: it
@@ -242,7 +243,8 @@ async function timeline(m: LabMachine): Promise<TimelineItem[]> {
   return res.body.items;
 }
 
-const ids = (t: TimelineItem[]) => t.map((x) => x.messageId);
+/** The message ids of a timeline, progress reports left out (a step may send none). */
+const ids = (t: TimelineItem[]) => t.map((x) => x.messageId).filter((id) => !isProgressMessage(id));
 const osRelease = (m: LabMachine) => readFileSync(join(m.root, 'usr/lib/os-release'), 'utf8');
 
 function pendingInOutbox(m: LabMachine): number {

@@ -27,6 +27,7 @@ import {
   makePlan,
 } from './support/deploy.js';
 import type { DeployFixture } from './support/deploy.js';
+import { isProgressMessage } from '../src/status/messages.js';
 
 /**
  * The deployment engine on a lab machine, phase by phase, with the firmware's loop done here:
@@ -72,9 +73,34 @@ describe('in-place deployment on a lab machine (engine)', () => {
     for (const k of ['rollback', 'new-os', 'staging', 'pe', 'deployment'])
       assert.equal(existsSync(join(root, '.reimage', k)), false, `.reimage/${k} is cleaned up`);
     const outbox = new Outbox(keptPaths(root).outbox);
-    const ids = outbox.all().map((e) => e.id);
-    const seqs = outbox.all().map((e) => e.seq);
+    const all = outbox.all();
+    const ids = all.map((e) => e.id).filter((id) => !isProgressMessage(id));
+    const seqs = all.map((e) => e.seq);
     outbox.close();
+    // Progress of pre-staging and apply: inside its step, bytes done ≤ total, a tenth each.
+    const progress = all.filter((e) => isProgressMessage(e.id));
+    assert.ok(
+      progress.some((e) => e.id === 3010),
+      'pre-staging reported its progress',
+    );
+    assert.ok(
+      progress.some((e) => e.id === 4011),
+      'the apply reported its progress',
+    );
+    const at = (id: number) => all.findIndex((e) => e.id === id);
+    for (const e of progress) {
+      const i = all.indexOf(e);
+      const steps: Record<number, [number, number]> = {
+        3010: [3002, 3003],
+        4010: [4000, 4001],
+        4011: [4001, 4002], // the apply runs beside the old OS, before the swap
+      };
+      const [from, to] = steps[e.id]!;
+      assert.ok(at(from) < i && i < at(to), `${e.id} inside its step`);
+      const p = e.properties as { done: number; total: number; rate: number; percent: number };
+      assert.ok(p.done > 0 && p.done <= p.total && p.rate >= 0, JSON.stringify(p));
+      assert.ok(p.percent >= 10 && p.percent <= 90 && p.percent % 10 === 0, JSON.stringify(p));
+    }
     assert.deepEqual(
       seqs,
       seqs.map((_, i) => i + 1),

@@ -273,6 +273,7 @@ export function planFor(
     },
     pe: { imageId: ad.pe.imageId, program: ad.pe.program },
     sources: ad.content.map((c) => c.address),
+    sourceNames: ad.content.map((c) => c.distributionPoint),
     wipe: { osPaths, keep },
     rollbackRetainDays: typeof retain === 'number' && retain >= 0 ? retain : D.retainDays,
     prestage: typed(

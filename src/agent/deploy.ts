@@ -1,4 +1,17 @@
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import {
+  appendFileSync,
+  closeSync,
+  existsSync,
+  fstatSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import { isReimageError, ReimageError } from '../errors.js';
 import { openRemote } from '../content/remote.js';
@@ -16,6 +29,7 @@ import { captureState, restoreState } from '../migrate/migration.js';
 import type { RuleComponent } from '../migrate/rule-format.js';
 import { keyFromBase64, localBackend } from '../migrate/state-store.js';
 import { failpoint } from './failpoints.js';
+import { progressGate } from './progress-gate.js';
 import { readJsonFile, writeFileAtomic } from './files.js';
 import { Journal } from './journal.js';
 import { agentVersion } from './main.js';
@@ -46,6 +60,8 @@ export interface DeploymentPlan {
   pe: { imageId: string; program: string };
   /** Content locations in preference order: folders, file:// or http(s):// DPs. */
   sources: string[];
+  /** The distribution points' names, by position in `sources` (status messages name them). */
+  sourceNames?: string[];
   wipe: { osPaths: string[]; keep: string[] };
   /** Days the old OS is kept after a success (0: deleted at once). */
   rollbackRetainDays: number;
@@ -88,6 +104,13 @@ export interface EngineOptions {
   now?: () => Date;
   signal?: AbortSignal;
 }
+
+/** The least time between two progress messages of one step. */
+const PROGRESS_EVERY_MS = 3000;
+
+/** The deployment's log in its kept folder, and how much of its end goes with an error. */
+const ENGINE_LOG = 'engine.log';
+const LOG_TAIL_BYTES = 4096;
 
 /** Free space kept beyond the apply's estimate (journals, the status outbox, logs). */
 const SPACE_MARGIN = 16 * 1024 * 1024;
@@ -168,8 +191,44 @@ class Engine {
     this.j.close();
   }
 
+  /**
+   * Logs a line to the caller and to the deployment's own log in the kept area (`engine.log`,
+   * which survives the reboots and goes to the history with the deployment): its tail goes
+   * with every error report, so the administrator sees what the old client, the PE or the new
+   * client did last.
+   */
   private log(line: string): void {
     this.o.log?.(line);
+    const file = join(this.p.deployment, ENGINE_LOG);
+    try {
+      appendFileSync(file, `${this.now().toISOString()} ${line.replace(/\n/g, ' ')}\n`);
+      if (statSync(file).size > 1024 * 1024) {
+        const text = readFileSync(file);
+        writeFileSync(file, text.subarray(text.length - 64 * 1024));
+      }
+    } catch {
+      // no deployment folder (yet or any more): the caller's log has the line
+    }
+  }
+
+  /** The last lines of the deployment's log (at most LOG_TAIL_BYTES, whole lines). */
+  private logTail(): string {
+    let fd: number;
+    try {
+      fd = openSync(join(this.p.deployment, ENGINE_LOG), 'r');
+    } catch {
+      return '';
+    }
+    try {
+      const size = fstatSync(fd).size;
+      const n = Math.min(size, LOG_TAIL_BYTES);
+      const b = Buffer.alloc(n);
+      readSync(fd, b, 0, n, size - n);
+      const text = b.toString('utf8');
+      return n < size ? text.slice(text.indexOf('\n') + 1) : text;
+    } finally {
+      closeSync(fd);
+    }
   }
 
   /** Adds a status message once per deployment step and event, and tries to send. */
@@ -190,7 +249,31 @@ class Engine {
     await this.flush();
   }
 
-  private async flush(): Promise<void> {
+  /**
+   * A reporter of a long step's bytes (done, total, fraction done) as status message `id`, at
+   * the rate {@link progressGate} allows. Keyed by the tenth, so a step resumed after a kill
+   * does not report a tenth twice.
+   */
+  private progressReporter(id: number, key: string) {
+    const started = Date.now();
+    const gate = progressGate(PROGRESS_EVERY_MS);
+    return (done: number, total: number, fraction: number) => {
+      if (total <= 0) return; // nothing to move (e.g. every chunk was on the disk already)
+      const tenth = gate(fraction);
+      if (tenth === undefined) return;
+      const rate = Math.round((done * 1000) / Math.max(1, Date.now() - started));
+      void this.status(id, `${key}/${tenth}`, { done, total, rate, percent: tenth * 10 });
+    };
+  }
+
+  /** Sends what the outbox holds; one send at a time (progress reports do not wait). */
+  private flush(): Promise<void> {
+    this.flushing = this.flushing.then(() => this.flushNow());
+    return this.flushing;
+  }
+  private flushing: Promise<void> = Promise.resolve();
+
+  private async flushNow(): Promise<void> {
     if (!this.o.send) return;
     try {
       await this.o.outbox.flush(this.o.send);
@@ -257,13 +340,18 @@ class Engine {
       });
       if (plan.prestage)
         await this.step('prestage', async () => {
-          const r = await this.fetch(plan.image.id);
+          const r = await this.fetch(plan.image.id, { id: 3010, key: 'prestage/progress' });
           this.checkApplySpace('DEPLOYMENT_CHECK_FAILED'); // now with the image's manifest
           return r;
         });
       await this.step('install-pe', () => this.installPe());
     } catch (e) {
-      return this.failBeforeChanges(this.j.last()?.step ?? 'phase1', errorCode(e), errorMessage(e));
+      return this.failBeforeChanges(
+        this.j.last()?.step ?? 'phase1',
+        errorCode(e),
+        errorMessage(e),
+        this.blamedDp(e),
+      );
     }
     return this.bootPe();
   }
@@ -366,19 +454,44 @@ class Engine {
     return this.plan.sources.map((s) => openRemote(s));
   }
 
+  /** The DP name of a content source as the fetch names it (its URL), else that name. */
+  private dpName(source: string): string {
+    const i = this.sources().findIndex((r) => r.name === source);
+    return (i >= 0 ? this.plan.sourceNames?.[i] : undefined) ?? source;
+  }
+
+  /** For an error of the content's fetch: the DP it blames first, by name. */
+  private blamedDp(e: unknown): { dp?: string } {
+    const bad = (e as { details?: { badSources?: Array<{ source?: unknown }> } } | null)?.details
+      ?.badSources;
+    const first = Array.isArray(bad) ? bad.find((b) => typeof b.source === 'string') : undefined;
+    return first ? { dp: this.dpName(first.source as string) } : {};
+  }
+
   private staging(): ContentStore {
     return ContentStore.open(this.p.staging, { create: true });
   }
 
-  /** Fetches an image into the staging store, seeded from the files on the disk now. */
-  private async fetch(imageId: string) {
+  /**
+   * Fetches an image into the staging store, seeded from the files on the disk now; with
+   * `progress`, reports its bytes as that status message (see {@link progressReporter}).
+   */
+  private async fetch(imageId: string, progress?: { id: number; key: string }) {
+    const report = progress ? this.progressReporter(progress.id, progress.key) : undefined;
     const r = await fetchImageSeeded({
       sources: this.sources(),
       imageId,
       into: this.staging(),
       seedRoot: this.root,
       signal: this.o.signal,
-      onProgress: () => failpoint('fetch.progress'),
+      onProgress: (p) => {
+        failpoint('fetch.progress');
+        report?.(
+          p.bytesDownloaded,
+          Math.max(p.bytesPlanned, p.bytesDownloaded),
+          p.chunksNeeded > 0 ? p.chunksDone / p.chunksNeeded : 0,
+        );
+      },
     });
     return {
       bytesDownloaded: r.bytesDownloaded,
@@ -421,9 +534,11 @@ class Engine {
     });
     await this.status(4000, 'phase2/begin', { clientVersion: agentVersion() });
     try {
-      const got = await this.step('content', async () => this.fetch(plan.image.id));
+      const got = await this.step('content', async () =>
+        this.fetch(plan.image.id, { id: 4010, key: 'content/progress' }),
+      );
       await this.status(4001, 'content/done', {
-        dp: got.source,
+        dp: this.dpName(got.source),
         bytesDownloaded: got.bytesDownloaded,
       });
       const applied = await this.step('apply', async (attempt) => {
@@ -446,12 +561,16 @@ class Engine {
           return { entries: r.entries, bytes: r.bytes, reusedFiles: 0, reusedBytes: 0 };
         }
         // The old OS is still in place: its identical files are hard-linked, not written.
+        const report = this.progressReporter(4011, 'apply/progress');
         const r = await applyImage({
           store: this.staging(),
           image: plan.image.id,
           target: this.p.newOs,
           signal: this.o.signal,
-          onProgress: () => failpoint('apply.progress'),
+          onProgress: (p) => {
+            failpoint('apply.progress');
+            report(p.bytesDone, p.bytesTotal, p.bytesTotal > 0 ? p.bytesDone / p.bytesTotal : 0);
+          },
           reuse: this.reuse(),
         });
         // Before the new OS can run: a rollback checks these again (restoreReused).
@@ -549,8 +668,16 @@ class Engine {
     step: string,
     code: string,
     message: string,
+    more: { dp?: string } = {},
   ): Promise<DeploymentOutcome> {
-    await this.status(9000, `failed/${step}`, { step, code, message: message.slice(0, 2000) });
+    this.log(`step ${step} failed (${code}): ${message}`);
+    await this.status(9000, `failed/${step}`, {
+      step,
+      code,
+      message: message.slice(0, 2000),
+      ...more,
+      logTail: this.logTail(),
+    });
     rmSync(this.p.pe, { recursive: true, force: true });
     return this.finish('failed');
   }
@@ -563,6 +690,8 @@ class Engine {
       step: failedStep,
       code,
       message: errorMessage(e).slice(0, 2000),
+      ...this.blamedDp(e),
+      logTail: this.logTail(),
     });
     await this.j.run('rollback', async () => {
       undoSwap(this.root, this.p.rollback, this.p.placed, this.p.failedOs);

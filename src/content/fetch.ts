@@ -14,6 +14,11 @@ const COMMIT_EVERY = 64 * 1024 * 1024;
 
 export interface FetchProgress {
   bytesDownloaded: number;
+  /**
+   * Bytes of frames planned so far (packs are planned one after the other, so this grows;
+   * it is the whole download once the last pack is planned). Indexes and records not counted.
+   */
+  bytesPlanned: number;
   framesFetched: number;
   /** Chunks of the image that are local now (seeded or fetched), of `chunksNeeded`. */
   chunksDone: number;
@@ -271,6 +276,7 @@ class Fetch {
   private changed: Promise<void> = Promise.resolve();
   private fatal: { error: unknown } | undefined;
   private bytesDownloaded = 0;
+  private bytesPlanned = 0;
   private framesFetched = 0;
   private chunksFetched = 0;
   private chunksFromLocal = 0;
@@ -528,6 +534,7 @@ class Fetch {
         if (this.wanted(k)) keys.push(k);
       }
       bytes += f.length;
+      this.bytesPlanned += f.length;
     }
     if (keys.length > 0) batches.push({ kind: 'frames', pack, keys });
     // Ahead of other packs' indexes: a pack is finished before the next one is started.
@@ -663,6 +670,7 @@ class Fetch {
     for (const k of needed) if (this.has(k)) done++;
     this.opts.onProgress({
       bytesDownloaded: this.bytesDownloaded,
+      bytesPlanned: this.bytesPlanned,
       framesFetched: this.framesFetched,
       chunksDone: done,
       chunksNeeded: needed.size,

@@ -52,7 +52,26 @@ export type UserPlan = 'now' | 'later' | 'decline' | 'none' | 'consent-none' | '
 
 /** What the lab expects a machine to end as, and what it saw. */
 export type EndState =
-  'installed' | 'declined' | 'rolled-back' | 'failed' | 'not-installed' | 'timeout' | 'halted';
+  | 'installed'
+  | 'declined'
+  | 'rolled-back'
+  | 'failed'
+  | 'not-installed'
+  | 'timeout'
+  | 'halted'
+  /** In a wave the rollout halted at its failure threshold: nothing started. */
+  | 'held';
+
+/**
+ * A fault planted on one machine, each failing phase 1's checks for its own reason (docs/lab.md,
+ * "Planted faults"): `small-disk` a 1 MiB disk (less than the image), `wrong-arch` an arm64 machine, `wrong-os` a
+ * Fedora release file.
+ */
+export type MachineFault = 'small-disk' | 'wrong-arch' | 'wrong-os';
+export const MACHINE_FAULTS: readonly MachineFault[] = ['small-disk', 'wrong-arch', 'wrong-os'];
+
+/** A wave of the demo's advertisement, as the API takes it. */
+export type DemoWave = { machines: number } | { percent: number };
 
 /** The plan of machine `i` (0-based): the four answers in turn. */
 export const USER_PLANS: readonly UserPlan[] = ['now', 'later', 'decline', 'none'];
@@ -119,6 +138,24 @@ export interface DemoOptions {
   afterRun?: (lab: DemoLab, result: DemoResult) => Promise<void>;
   /** The checkout the agent bundles are built from (default: this one). */
   checkout?: string;
+  /** The site of machine `i` (0-based; default: the sites in turn). */
+  siteOf?: (index: number) => string;
+  /**
+   * Faults planted at sites: `corrupt-dp` flips a byte in every pack on the site's DP after
+   * replication, so the site's machines really fail to fetch. With any site fault the packages
+   * say `content.fallback: false`, so that DP is the only one those machines may use.
+   */
+  siteFaults?: Record<string, 'corrupt-dp'>;
+  /** A fault planted on machine `i` (see {@link MachineFault}); its machine is expected to fail. */
+  machineFaults?: (index: number) => MachineFault | undefined;
+  /** Waves and thresholds of the demo's advertisement (default: no waves). */
+  rollout?: { waves: DemoWave[]; successThreshold?: number; failureThreshold?: number };
+  /**
+   * Replaces the demo's advertisement step (collections and advertisements): called once the
+   * packages are replicated and every machine has booted and enrolled (their clients poll
+   * every 2 s), before any is advertised to.
+   */
+  advertise?: (lab: DemoLab) => Promise<void>;
 }
 
 /** One line of the progress table. */
@@ -136,6 +173,7 @@ export interface DemoMachineResult {
   name: string;
   site: string;
   plan: UserPlan;
+  fault?: MachineFault | 'corrupt-dp';
   expected: EndState;
   endState: EndState;
   /** The applied image id in the server's inventory of the machine. */
@@ -167,7 +205,8 @@ export interface DemoResult {
 }
 
 /** The end state the plan leads to under the demo's policies (no answer: install, or wait for consent). */
-export function expectedEnd(plan: UserPlan): EndState {
+export function expectedEnd(plan: UserPlan, fault?: MachineFault | 'corrupt-dp'): EndState {
+  if (fault && plan !== 'decline' && plan !== 'consent-none') return 'failed';
   return plan === 'decline' ? 'declined' : plan === 'consent-none' ? 'not-installed' : 'installed';
 }
 
@@ -195,6 +234,8 @@ export interface DemoMachine {
   dir: string;
   disk: string;
   plan: UserPlan;
+  /** The fault planted on the machine or its site's DP, if any. */
+  fault?: MachineFault | 'corrupt-dp';
   before: UserDataSnapshot;
 }
 
@@ -209,6 +250,8 @@ export interface DemoLab {
   machines: DemoMachine[];
   /** Creates the advertisement (after the user data was hashed). */
   advertise(): Promise<void>;
+  /** The settings document the demo's packages use (JSON). */
+  settings: Record<string, unknown>;
   close(): Promise<void>;
 }
 
@@ -225,6 +268,14 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
     throw new ReimageError('INVALID_ARGUMENT', `--machines must be 1-500, not ${count}`);
   if (siteNames.length === 0 || siteNames.some((s) => !/^[a-z][a-z0-9-]{0,30}$/.test(s)))
     throw new ReimageError('INVALID_ARGUMENT', `site names must be lower-case words`);
+  const siteFaults = o.siteFaults ?? {};
+  for (const s of Object.keys(siteFaults))
+    if (!siteNames.includes(s))
+      throw new ReimageError('INVALID_ARGUMENT', `site fault for ${s}, which is not a site`);
+  const siteOf = o.siteOf ?? ((i: number) => siteNames[i % siteNames.length]!);
+  for (let i = 0; i < count; i++)
+    if (!siteNames.includes(siteOf(i)))
+      throw new ReimageError('INVALID_ARGUMENT', `machine ${i} is at ${siteOf(i)}, not a site`);
   prepareWorkFolder(dir);
 
   const closers: Array<() => Promise<void> | void> = [];
@@ -353,6 +404,8 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
       stateStore: { type: 'local', encrypt: true },
       rollback: { retainDays: 0 },
       prestage: { enabled: true },
+      // A site whose DP is broken must not be rescued by another site's DP.
+      ...(Object.keys(siteFaults).length > 0 ? { content: { fallback: false } } : {}),
     };
     const pkg = (name: string, version: string, imageId: string, withPe: boolean) => ({
       definition: JSON.stringify({
@@ -395,30 +448,43 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
       });
     await waitForDistribution(api, distributed, o.signal);
     log(`packages ${distributed.join(', ')} replicated to ${dpNames.join(', ')}`);
+    for (const site of sites)
+      if (siteFaults[site.name] === 'corrupt-dp')
+        log(`site ${site.name}: ${corruptPacks(site.dp.root)} packs corrupted on dp-${site.name}`);
 
     // ---- machines
     const machines: DemoMachine[] = [];
     const planOf = o.plan ?? ((i: number) => USER_PLANS[i % USER_PLANS.length]!);
+    const atSite = new Map<string, number>();
     for (let i = 0; i < count; i++) {
-      const site = sites[i % sites.length]!;
-      const name = `pc-${site.name}-${String(Math.floor(i / sites.length) + 1).padStart(2, '0')}`;
+      const siteIndex = siteNames.indexOf(siteOf(i));
+      const site = sites[siteIndex]!;
+      const k = (atSite.get(site.name) ?? 0) + 1;
+      atSite.set(site.name, k);
+      const name = `pc-${site.name}-${String(k).padStart(2, '0')}`;
       const mdir = path.join(dir, 'machines', name);
+      const fault = o.machineFaults?.(i);
       const m = await createLabMachine({
         dir: mdir,
         name,
         site: site.name,
         agentBundle: oldBundle,
-        ip: `10.${100 + (i % sites.length)}.0.${10 + Math.floor(i / sites.length)}`,
+        ip: `10.${100 + siteIndex}.0.${10 + k}`,
         tree: { seed: 100 + i, users: o.users ?? 2, scale: 'small' },
+        ...(fault === 'small-disk' ? { diskBytes: 1024 ** 2 } : {}),
+        ...(fault === 'wrong-arch' ? { arch: 'arm64' } : {}),
       });
+      if (fault === 'wrong-os') plantFedora(m.disk);
       configureClient(m.disk, server.url, site);
       markApplied(m.disk, images.v1);
+      const siteFault = siteFaults[site.name];
       machines.push({
         name,
         site: site.name,
         dir: mdir,
         disk: m.disk,
         plan: planOf(i),
+        ...(fault || siteFault ? { fault: fault ?? siteFault } : {}),
         before: hashUserData(m.disk, defaults.osPaths),
       });
     }
@@ -468,6 +534,7 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
             countdown: `${countdown}s`,
             message: 'Your computer moves to the new lab desktop. Save your work.',
           },
+          ...(o.rollout ? { schedule: { ...o.rollout, activeWave: 1 } } : {}),
         },
       });
       log(
@@ -475,7 +542,19 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
       );
     };
 
-    return { dir, server, api, sites, images, versions, machines, advertise, close };
+    const lab: DemoLab = {
+      dir,
+      server,
+      api,
+      sites,
+      images,
+      versions,
+      machines,
+      settings,
+      advertise: o.advertise ? () => o.advertise!(lab) : advertise,
+      close,
+    };
+    return lab;
   } catch (e) {
     await close();
     throw e;
@@ -509,6 +588,43 @@ function prepareWorkFolder(dir: string): void {
       2,
     ) + '\n',
   );
+}
+
+/**
+ * Flips one byte in the middle of every pack file of a DP's folder: the DP still answers every
+ * request, with content whose hashes no longer match. Returns how many packs it changed.
+ */
+function corruptPacks(root: string): number {
+  let n = 0;
+  const packs = path.join(root, 'packs');
+  if (!fs.existsSync(packs)) return 0;
+  for (const e of fs.readdirSync(packs, { recursive: true, withFileTypes: true })) {
+    if (!e.isFile() || !e.name.endsWith('.pack')) continue;
+    const file = path.join(e.parentPath, e.name);
+    const fd = fs.openSync(file, 'r+');
+    try {
+      const size = fs.fstatSync(fd).size;
+      const at = Math.floor(size / 2);
+      const b = Buffer.alloc(1);
+      fs.readSync(fd, b, 0, 1, at);
+      b[0] = b[0]! ^ 0xff;
+      fs.writeSync(fd, b, 0, 1, at);
+      n++;
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  return n;
+}
+
+/** A machine that runs Fedora, not the image's Debian: its os-release says so. */
+function plantFedora(disk: string): void {
+  for (const f of ['etc/os-release', 'usr/lib/os-release']) {
+    const file = path.join(disk, f);
+    if (fs.lstatSync(file, { throwIfNoEntry: false })?.isSymbolicLink()) fs.rmSync(file);
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, 'NAME="Fedora Linux"\nID=fedora\nVERSION_ID=41\n');
+  }
 }
 
 /** The model computer: a generated Debian 12 tree without users, data or client identity. */
@@ -628,6 +744,7 @@ async function waitForDistribution(
 interface TimelineItem {
   seq: number;
   messageId: number;
+  advertisementId?: string | null;
   text: string;
   properties: Record<string, unknown>;
 }
@@ -654,6 +771,31 @@ export function endStateOf(items: readonly TimelineItem[], plan?: UserPlan): End
   );
   if (plan && needsConsent(plan) && waited.length >= 2 && !ids.has(3000)) return 'not-installed';
   return undefined;
+}
+
+/**
+ * Whether the machine waits for a wave of an advertisement whose rollout halted (its failure
+ * threshold was crossed): its last message says "waiting-for-wave" and nothing started.
+ * `halted` caches the advertisements' summaries for one round.
+ */
+async function heldByRollout(
+  api: ApiClient,
+  items: readonly TimelineItem[],
+  halted: Map<string, boolean>,
+): Promise<boolean> {
+  const last = items.at(-1);
+  if (last?.messageId !== 2010 || last.properties['state'] !== 'waiting-for-wave') return false;
+  if (items.some((i) => i.messageId >= 3000)) return false;
+  const ad = last.advertisementId;
+  if (!ad) return false;
+  if (!halted.has(ad)) {
+    const summary = await api.request<{ halted: boolean }>(
+      'GET',
+      `/api/v1/status/advertisements/${encodeURIComponent(ad)}/summary`,
+    );
+    halted.set(ad, summary.halted);
+  }
+  return halted.get(ad) === true;
 }
 
 /** What the machine is doing, from its last status message. */
@@ -684,7 +826,6 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   const stopAll = () => power.abort();
   o.signal?.addEventListener('abort', stopAll);
   try {
-    await lab.advertise();
     const timeoutAt = started + (o.timeoutMs ?? 15 * 60_000);
     const state = lab.machines.map((m) => ({
       m,
@@ -728,11 +869,28 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       );
     }
     log(`${state.length} machines powered on`);
+    // The administrator advertises to machines the server knows: once every machine enrolled
+    // (or halted), so that the collection, and waves counted over it, hold them all from the
+    // first poll on.
+    for (;;) {
+      if (o.signal?.aborted) throw new ReimageError('CANCELLED', 'the demo was stopped');
+      const { items } = await lab.api.request<{ items: ServerMachine[] }>(
+        'GET',
+        '/api/v1/machines',
+      );
+      const known = new Set(items.map((x) => x.name));
+      if (state.every((s) => known.has(s.m.name) || s.halted) || Date.now() > timeoutAt) break;
+      await sleep(500);
+    }
+    log(`every machine enrolled`);
+    await lab.advertise();
 
     // The simulated users and the progress, until every machine is done.
+    const halted = new Map<string, boolean>(); // advertisement id → its rollout halted
     for (;;) {
       if (o.signal?.aborted) throw new ReimageError('CANCELLED', 'the demo was stopped');
       const servers = await lab.api.request<{ items: ServerMachine[] }>('GET', '/api/v1/machines');
+      halted.clear();
       for (const s of state) {
         if (s.endState && s.power.signal.aborted) continue;
         // The user: answers each new notification by the plan.
@@ -748,7 +906,8 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
           s.items = items;
         }
         if (s.halted && !s.endState) s.endState = 'halted';
-        const end = s.endState ?? endStateOf(s.items, s.m.plan);
+        const held = await heldByRollout(lab.api, s.items, halted);
+        const end = s.endState ?? endStateOf(s.items, s.m.plan) ?? (held ? 'held' : undefined);
         if (end && !s.endState) {
           s.endState = end;
           s.settledAt = Date.now();
@@ -801,7 +960,8 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
         name: s.m.name,
         site: s.m.site,
         plan: s.m.plan,
-        expected: expectedEnd(s.m.plan),
+        ...(s.m.fault ? { fault: s.m.fault } : {}),
+        expected: expectedEnd(s.m.plan, s.m.fault),
         endState: s.endState ?? 'timeout',
         imageId: sm?.appliedImageId ?? null,
         clientVersion: sm?.clientVersion ?? null,

@@ -57,6 +57,7 @@ export const defaults = {
   keep: ['/var/lib/reimage'],
   retainDays: 0,
   prestage: false,
+  contentFallback: true,
 } as const;
 
 /** A union of string constants (TypeBox has no plain string enum outside Unsafe). */
@@ -436,6 +437,20 @@ export const DeploymentSettings = Type.Object(
             Type.Boolean({
               default: defaults.prestage,
               description: 'Download everything in phase 1, before the machine is wiped.',
+            }),
+          ),
+        },
+        { additionalProperties: false },
+      ),
+    ),
+    content: Type.Optional(
+      Type.Object(
+        {
+          fallback: Type.Optional(
+            Type.Boolean({
+              default: defaults.contentFallback,
+              description:
+                "Let machines fetch from distribution points outside their site and boundaries (fallback) when theirs fail; false: only their site's and boundaries' DPs.",
             }),
           ),
         },

@@ -3,7 +3,7 @@ import { Type } from '@sinclair/typebox';
 import type { Static } from '@sinclair/typebox';
 import type { Advertisement, ImageRecord, Machine } from '../catalog/catalog.js';
 import { effectivePolicy } from '../package/effective.js';
-import type { AdvertisementPolicy } from '../package/schema.js';
+import { defaults, type AdvertisementPolicy } from '../package/schema.js';
 import type { ServerDeps } from './app.js';
 import { Membership } from './membership.js';
 import type { Schedule } from './routes/advertisements.js';
@@ -187,7 +187,10 @@ export async function machinePolicy(deps: ServerDeps, machine: Machine): Promise
       effectivePolicy: effectivePolicy(settings, ad.policy as AdvertisementPolicy),
       schedule,
       stateStoreKey: stateStoreKey(deps, machine.id, ad.id),
-      content,
+      content:
+        (settings.content?.fallback ?? defaults.contentFallback)
+          ? content
+          : content.filter((c) => c.preference !== 'fallback'),
     });
   }
   return {

@@ -87,8 +87,9 @@ export const propertyDocs: Readonly<Record<string, string>> = {
   dp: 'distribution point name the content comes from',
   paths: 'number of paths',
   done: 'bytes done so far',
-  total: 'bytes in all',
-  rate: 'bytes per second over the last interval',
+  total: 'bytes in all (a download: the frames planned so far, which grows as packs are planned)',
+  rate: 'bytes per second since the step started',
+  percent: 'how far the step is, in tenths (10, 20 … 90); a download counts chunks, an apply bytes',
   step: 'the deployment step (journal step name, e.g. wipe, apply, restore-users)',
   code: 'the error code (docs/errors.md)',
   message: 'the error message (never holds secrets)',
@@ -174,6 +175,7 @@ export const statusMessages: Readonly<Record<number, StatusMessageDef>> = {
   3001: m('old-client', 'prepare', 'info', 'Pre-deployment checks passed.'),
   3002: m('old-client', 'prepare', 'info', 'State captured: {items} item(s), {bytes} bytes.'),
   3003: m('old-client', 'prepare', 'info', 'PE installed; rebooting into it.'),
+  3010: m('old-client', 'prepare', 'info', 'Pre-staging: {done} of {total} bytes at {rate} B/s.'),
   4000: m('pe', 'wipe-and-load', 'info', 'Phase 2 (wipe and load) started in the PE.'),
   4001: m('pe', 'wipe-and-load', 'info', 'Connected to distribution point {dp}.'),
   4002: m(
@@ -185,6 +187,12 @@ export const statusMessages: Readonly<Record<number, StatusMessageDef>> = {
   4003: m('pe', 'wipe-and-load', 'info', 'Image {image} applied: {bytes} bytes.'),
   4004: m('pe', 'wipe-and-load', 'info', 'Answer file written; rebooting into the new OS.'),
   4010: m('pe', 'wipe-and-load', 'info', 'Downloading: {done} of {total} bytes at {rate} B/s.'),
+  4011: m(
+    'pe',
+    'wipe-and-load',
+    'info',
+    'Applying the image: {done} of {total} bytes at {rate} B/s.',
+  ),
   5000: m('new-client', 'restore', 'info', 'Phase 3 (restore) started by client {clientVersion}.'),
   5001: m('new-client', 'restore', 'info', 'Client settings restored.'),
   5002: m('new-client', 'restore', 'info', 'User state and data restored: {items} item(s).'),
@@ -216,6 +224,10 @@ export const statusMessages: Readonly<Record<number, StatusMessageDef>> = {
     properties: { name: 'the name of the published advertisement (its file name)' },
   }),
 };
+
+/** Progress reports of long steps (pre-staging, download, apply): a step may send none. */
+export const PROGRESS_MESSAGE_IDS: readonly number[] = [3010, 4010, 4011];
+export const isProgressMessage = (id: number): boolean => PROGRESS_MESSAGE_IDS.includes(id);
 
 /** The message's definition, or undefined for an id the catalog does not have. */
 export function statusMessage(id: number): StatusMessageDef | undefined {
