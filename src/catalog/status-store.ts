@@ -1,4 +1,3 @@
-import { open } from 'node:fs/promises';
 import type Database from 'better-sqlite3';
 import { sql } from 'kysely';
 import type { Kysely } from 'kysely';
@@ -45,23 +44,6 @@ export interface IngestResult {
   /** The newly stored messages (duplicates left out), for live events. */
   stored: { seq: number; messageId: number; advertisementId: string | null }[];
   changes: StateChange[];
-}
-
-/**
- * SQLite: WAL pages between automatic checkpoints (SQLite's default is 1000, 4 MB). A
- * checkpoint copies every page the WAL holds into the database file and syncs it: with the
- * status indexes taking inserts all over, fewer and larger checkpoints copy each page once
- * instead of many times. The WAL file grows to about this size (40 MB) and is reused.
- */
-export const WAL_AUTOCHECKPOINT = 10_000;
-
-async function fsyncFile(file: string): Promise<void> {
-  const fh = await open(file, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
 
 /** Bucket width of `status_buckets`: summaries aggregate these into wider ones. */
@@ -143,10 +125,6 @@ export class StatusStore {
   private prepared?: ReturnType<StatusStore['prepare']>;
   /** SQLite: batches waiting for the next group commit. */
   private queue: Pending[] = [];
-  private sqliteMode?: { walFile?: string; synchronous: number };
-  /** The fsync of the WAL running now, and the one that will run after it (`syncWal`). */
-  private walSync?: Promise<void>;
-  private walSyncNext?: Promise<void>;
 
   constructor(
     catalogDb: CatalogDb,
@@ -263,32 +241,21 @@ export class StatusStore {
 
   /**
    * SQLite group commit: the batches that arrived since the last commit are written in one
-   * transaction, each in its own savepoint, so one batch's failure undoes only that batch.
-   * Every batch is acknowledged only once the commit that holds it is on disk.
-   *
-   * The commit's fsync does not run on the event loop: the transaction commits with
-   * `synchronous = NORMAL` (in WAL mode: the frames are written, not synced) and the WAL file
-   * is then fsynced on libuv's thread pool (`syncWal`) before any batch of the commit is
-   * answered: the same sync `synchronous = FULL` does inside the commit, done beside the event
-   * loop, so the next requests are parsed and the next group is written meanwhile.
-   * The connection goes back to its own setting before anything else runs on it.
+   * transaction (one fsync), each in its own savepoint, so one batch's failure undoes only
+   * that batch. Every batch is acknowledged only after the commit that holds it.
    */
   private async flush(): Promise<void> {
     const pending = this.queue;
     this.queue = [];
     const sqlite = this.sqlite!;
-    let outcomes: { ok?: IngestResult; error?: unknown }[];
-    let wal: string | undefined;
     try {
       // Kysely's SQLite driver has one connection behind a mutex: holding it keeps every
       // other query (and transaction) out while the synchronous transaction below runs.
-      outcomes = await this.db.connection().execute(async () => {
-        const mode = (this.sqliteMode ??= this.sqliteModeOf(sqlite));
-        wal = mode.walFile;
+      const outcomes = await this.db.connection().execute(async () => {
         const one = sqlite.transaction((p: Pending) =>
           this.ingestSqlite(p.machineId, p.messages, p.attributes, p.receivedAt),
         );
-        const all = sqlite.transaction(() =>
+        return sqlite.transaction(() =>
           pending.map((p) => {
             try {
               return { ok: one(p) as IngestResult, error: undefined };
@@ -296,66 +263,12 @@ export class StatusStore {
               return { ok: undefined, error };
             }
           }),
-        );
-        if (!wal) return all();
-        sqlite.pragma('synchronous = NORMAL');
-        try {
-          return all();
-        } finally {
-          sqlite.pragma(`synchronous = ${mode.synchronous}`);
-        }
+        )();
       });
+      outcomes.forEach((o, i) => (o.ok ? pending[i]!.resolve(o.ok) : pending[i]!.reject(o.error)));
     } catch (e) {
       for (const p of pending) p.reject(e);
-      return;
     }
-    if (wal && outcomes.some((o) => o.ok))
-      try {
-        await this.syncWal(wal);
-      } catch (e) {
-        // Not known to be on disk: not acknowledged (the machine posts the batch again).
-        outcomes.forEach((o, i) => pending[i]!.reject(o.ok ? e : o.error));
-        return;
-      }
-    outcomes.forEach((o, i) => (o.ok ? pending[i]!.resolve(o.ok) : pending[i]!.reject(o.error)));
-  }
-
-  /**
-   * How this connection commits: the WAL file to sync after a status commit when it is in
-   * WAL mode with a durable setting (FULL or EXTRA), else none (the commit then runs with the
-   * connection's own setting: an in-memory database, or a setting chosen not to be durable).
-   * Also moves the automatic checkpoint from every 1000 pages (4 MB) of WAL to every
-   * WAL_AUTOCHECKPOINT pages: the status indexes take inserts all over, and a checkpoint
-   * every few batches rewrote the same index pages over and over (docs/status.md).
-   */
-  private sqliteModeOf(sqlite: Database.Database): { walFile?: string; synchronous: number } {
-    const synchronous = Number(sqlite.pragma('synchronous', { simple: true }));
-    const journal = String(sqlite.pragma('journal_mode', { simple: true })).toLowerCase();
-    if (journal !== 'wal' || sqlite.memory) return { synchronous };
-    if (Number(sqlite.pragma('wal_autocheckpoint', { simple: true })) < WAL_AUTOCHECKPOINT)
-      sqlite.pragma(`wal_autocheckpoint = ${WAL_AUTOCHECKPOINT}`);
-    return synchronous >= 2 ? { walFile: `${sqlite.name}-wal`, synchronous } : { synchronous };
-  }
-
-  /**
-   * Resolves once everything committed before the call is on disk: one fsync of the WAL
-   * file at a time, on the thread pool; callers that come while one runs share the next.
-   * (The file is opened for each sync: SQLite may replace it, never while it holds frames
-   * that are not yet checkpointed — and a checkpoint syncs them itself.)
-   */
-  private syncWal(file: string): Promise<void> {
-    if (!this.walSync) {
-      const run = fsyncFile(file);
-      this.walSync = run.finally(() => (this.walSync = undefined));
-      return this.walSync;
-    }
-    this.walSyncNext ??= this.walSync
-      .catch(() => {})
-      .then(() => {
-        this.walSyncNext = undefined;
-        return this.syncWal(file);
-      });
-    return this.walSyncNext;
   }
 
   private async imagesOf(db: Kysely<Tables>, ads: string[]): Promise<Map<string, string>> {
