@@ -5,8 +5,14 @@
  * Runs against SQLite and PostgreSQL.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { before, test } from 'node:test';
 import Database from 'better-sqlite3';
+import { Migrator } from 'kysely';
+import { openCatalogDb } from '../src/catalog/db.js';
+import { migrateToLatest, migrations } from '../src/catalog/migrations.js';
 import { checkStatusBatch } from '../src/server/status-ingest.js';
 import { enrollMachine, expectStatus, range, type EnrolledMachine } from './support/fixtures.js';
 import { forEachDatabase, type TestServer } from './support/server.js';
@@ -177,4 +183,49 @@ forEachDatabase('status ingest: concurrent batches', (get) => {
       other.close();
     }
   });
+});
+
+test('migration 0007 swaps the advertisement index of a database with status in it', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'reimage-0007-'));
+  const catalogDb = openCatalogDb(join(dir, 'catalog.sqlite'));
+  try {
+    const migrator = new Migrator({
+      db: catalogDb.db,
+      provider: { getMigrations: async () => migrations },
+    });
+    const to6 = await migrator.migrateTo('0006-status-summary');
+    assert.equal(to6.error, undefined);
+    const sqlite = catalogDb.sqlite!;
+    sqlite
+      .prepare(
+        `insert into machines (id, name, credential_hash, inventory, tags, enrolled_at)
+          values ('m-1', 'pc-1', 'h', '{}', '[]', '2026-01-01T00:00:00.000Z')`,
+      )
+      .run();
+    sqlite
+      .prepare(
+        `insert into status_messages (machine_id, seq, message_id, component, phase, severity,
+          advertisement_id, time, received_at, properties)
+          values ('m-1', 1, 3000, 'old-client', 'phase1', 'info', 'ad-1',
+            '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:01.000Z', '{}')`,
+      )
+      .run();
+    const indexes = () =>
+      (
+        sqlite
+          .prepare(
+            `select name from sqlite_master where type = 'index' and tbl_name = 'status_messages'
+              and name not like 'sqlite_autoindex%' order by name`,
+          )
+          .all() as { name: string }[]
+      ).map((r) => r.name);
+    assert.deepEqual(indexes(), ['status_messages_ad']);
+    assert.deepEqual(await migrateToLatest(catalogDb), ['0007-status-ingest-index']);
+    assert.deepEqual(indexes(), ['status_messages_ad_received']);
+    const rows = sqlite.prepare('select machine_id, seq from status_messages').all();
+    assert.deepEqual(rows, [{ machine_id: 'm-1', seq: 1 }]);
+  } finally {
+    await catalogDb.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
