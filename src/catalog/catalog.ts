@@ -1132,10 +1132,14 @@ export class Catalog {
     if (filter.machineId) q = q.where('machine_id', '=', filter.machineId);
     if (filter.advertisementId) q = q.where('advertisement_id', '=', filter.advertisementId);
     if (filter.afterSeq !== undefined) q = q.where('seq', '>', filter.afterSeq);
-    const rows = await q
-      .orderBy(filter.machineId ? 'seq' : 'time')
-      .limit(Math.min(filter.limit ?? 1000, 10000))
-      .execute();
+    // By machine: its timeline; by advertisement: as received (the index's order, see
+    // migration 0007); otherwise by message time.
+    q = filter.machineId
+      ? q.orderBy('seq')
+      : filter.advertisementId
+        ? q.orderBy('received_at').orderBy('time').orderBy('machine_id').orderBy('seq')
+        : q.orderBy('time');
+    const rows = await q.limit(Math.min(filter.limit ?? 1000, 10000)).execute();
     return rows.map((r) => ({
       machineId: r.machine_id,
       seq: num(r.seq),

@@ -43,7 +43,7 @@ export function statusRoutes(app: App): void {
       schema: {
         tags: ['status'],
         summary:
-          'Status messages, by machine (its timeline, in sequence order) or by advertisement',
+          'Status messages, by machine (its timeline, in sequence order) or by advertisement (as received)',
         querystring: Type.Object(
           {
             machine: Type.Optional(Type.String({ maxLength: 300 })),
