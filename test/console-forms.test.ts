@@ -243,6 +243,7 @@ describe('web console forms in a browser', { skip: chromiumSkip }, () => {
       .waitFor();
   });
 
+  let apiToken = '';
   test('an API token is shown once and works; a new user gets a role', async () => {
     const form = page.getByRole('form', { name: 'New API token' });
     await form.getByLabel('Token name').fill('nightly-report');
@@ -250,6 +251,7 @@ describe('web console forms in a browser', { skip: chromiumSkip }, () => {
     await form.getByRole('button', { name: 'Create API token' }).click();
     const once = page.getByRole('region', { name: 'New API token nightly-report: shown once' });
     const token = await once.getByLabel('The new API token nightly-report').innerText();
+    apiToken = token;
     const who = await server.call<{ username: string }>('GET', '/api/v1/whoami', { token });
     assert.equal(who.status, 200, who.raw);
     assert.equal(who.body.username, 'admin');
@@ -308,6 +310,27 @@ describe('web console forms in a browser', { skip: chromiumSkip }, () => {
     });
     assert.equal(res.status, 403);
     await viewer.context().close();
+  });
+
+  test('an admin changes a user’s role and revokes a token, each through the page', async () => {
+    await nav('Access').click();
+    await page.getByLabel('Role of viewer', { exact: true }).selectOption('operator');
+    await page.getByRole('button', { name: 'Change the role of viewer' }).click();
+    await page.getByText('viewer is now operator.').waitFor();
+    const list = await server.call<{ items: { username: string; role: string }[] }>(
+      'GET',
+      '/api/v1/users',
+    );
+    assert.equal(list.body.items.find((u) => u.username === 'viewer')?.role, 'operator');
+
+    assert.equal((await server.call('GET', '/api/v1/whoami', { token: apiToken })).status, 200);
+    await page.getByRole('button', { name: 'Revoke nightly-report of admin' }).click();
+    await page.getByRole('button', { name: 'Yes, revoke nightly-report' }).click();
+    await page
+      .getByRole('table', { name: 'API tokens' })
+      .getByRole('rowheader', { name: 'nightly-report' })
+      .waitFor({ state: 'detached' });
+    assert.equal((await server.call('GET', '/api/v1/whoami', { token: apiToken })).status, 401);
   });
 
   test('no console errors', () => {

@@ -383,11 +383,15 @@ export function ShownOnce({
  */
 export function ConfirmButton({
   label,
+  text,
   question,
   confirmLabel,
   onConfirm,
 }: {
+  /** The button's accessible name, e.g. "Revoke token nightly". */
   label: string;
+  /** Its visible text when shorter than `label` (a table column of "Revoke" buttons). */
+  text?: string;
   question: string;
   confirmLabel: string;
   onConfirm: () => Promise<void>;
@@ -405,8 +409,14 @@ export function ConfirmButton({
   }, [asking]);
   if (!asking)
     return (
-      <button type="button" className="danger" ref={first} onClick={() => setAsking(true)}>
-        {label}
+      <button
+        type="button"
+        className="danger"
+        ref={first}
+        aria-label={text ? label : undefined}
+        onClick={() => setAsking(true)}
+      >
+        {text ?? label}
       </button>
     );
   return (

@@ -107,7 +107,8 @@ function ApiTokens() {
                 header: 'Revoke',
                 cell: (t) => (
                   <ConfirmButton
-                    label={`Revoke ${t.name}`}
+                    label={`Revoke ${t.name}${admin ? ` of ${who.get(t.userId) ?? t.userId}` : ''}`}
+                    text="Revoke"
                     question={`Revoke the token ${t.name}${t.userId === me?.id ? '' : ` of ${who.get(t.userId) ?? 'another user'}`}? Whatever uses it stops working${t.name === 'login' && t.userId === me?.id ? ' (this may be your own session)' : ''}.`}
                     confirmLabel={`Yes, revoke ${t.name}`}
                     onConfirm={async () => {
@@ -160,6 +161,15 @@ function ApiTokens() {
     </Section>
   );
 }
+
+const tokenState = (t: EnrollmentToken) =>
+  t.revoked
+    ? 'revoked'
+    : Date.parse(t.expiresAt) < Date.now()
+      ? 'expired'
+      : t.usesLeft === 0
+        ? 'used up'
+        : 'valid';
 
 function EnrollmentTokens() {
   const tokens = useGet<List<EnrollmentToken>>('/api/v1/enrollment-tokens');
@@ -233,21 +243,15 @@ function EnrollmentTokens() {
               { header: 'Created by', cell: (t) => t.createdBy },
               {
                 header: 'State',
-                cell: (t) =>
-                  t.revoked
-                    ? 'revoked'
-                    : Date.parse(t.expiresAt) < Date.now()
-                      ? 'expired'
-                      : t.usesLeft === 0
-                        ? 'used up'
-                        : 'valid',
+                cell: tokenState,
               },
               {
                 header: 'Revoke',
                 cell: (t) =>
-                  t.revoked ? null : (
+                  tokenState(t) !== 'valid' ? null : (
                     <ConfirmButton
                       label={`Revoke enrollment token ${t.id}`}
+                      text="Revoke"
                       question={`Revoke enrollment token ${t.id}? Machines already enrolled keep working.`}
                       confirmLabel="Yes, revoke it"
                       onConfirm={async () => {
@@ -340,9 +344,10 @@ function UserRow({ u, reload }: { u: User; reload: () => void }) {
       <button
         type="button"
         disabled={role === u.role}
+        aria-label={`Change the role of ${u.username}`}
         onClick={() => void patch({ role }, `${u.username} is now ${role}.`)}
       >
-        Change role of {u.username}
+        Change role
       </button>
       <Check
         label={`${u.username} is disabled`}
@@ -353,6 +358,7 @@ function UserRow({ u, reload }: { u: User; reload: () => void }) {
       />
       <ConfirmButton
         label={`Delete ${u.username}`}
+        text="Delete"
         question={`Delete the user ${u.username} and their tokens?`}
         confirmLabel={`Yes, delete ${u.username}`}
         onConfirm={async () => {
