@@ -115,11 +115,14 @@ try {
     ['package-edit', `/packages/${sample.pkg.id}`, 'Secrets (write-only)'],
     ['distribution-points', '/distribution-points', 'paris-1 (PARIS)'],
     ['collections', '/collections', 'lab-machines'],
+    ['collection-edit', '/collections/lab-machines/edit', 'machines match the rule'],
+    ['distribution-point-edit', '/distribution-points/paris-1/edit', 'Write credentials'],
     ['advertisement-new', '/advertisements/new', 'Add a wave'],
     ['advertisement', `/advertisements/${advertisement.id}`, 'lab-06'],
     ['machines', '/machines', 'lab-08'],
     ['machine-timeline', `/machines/${m6.id}`, 'Log tail'],
     ['trends', '/trends', 'Failure groups'],
+    ['access', '/access', 'New enrollment token'],
   ];
   for (const [name, path, text] of shots) {
     // Client-side navigation, as a user clicking: the session stays in this tab.

@@ -8,22 +8,19 @@
  * missing and CI is unset.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { chromium, type Browser, type ConsoleMessage, type Page } from 'playwright-core';
-import { defaultConsoleDir } from '../src/server/console.js';
+import type { Page } from 'playwright-core';
 import {
+  chromiumSkip,
   deploymentMessages,
+  listen,
+  openConsoleBrowser,
   postStatus,
   seedConsoleSample,
+  type ConsoleBrowser,
   type ConsoleSample,
 } from './support/console-sample.js';
 import { makeTestServer, type TestServer } from './support/server.js';
-
-const CHROMIUM = '/usr/bin/chromium';
-const skip = !existsSync(CHROMIUM) && !process.env.CI ? 'no /usr/bin/chromium' : false;
 
 /** Routes of the status summaries (another branch); until they exist the console falls back. */
 const pendingStatusRoutes = [
@@ -34,65 +31,28 @@ const pendingStatusRoutes = [
   '/api/v1/status/machines/:ref/timeline',
 ];
 
-describe('web console in a browser', { skip }, () => {
+describe('web console in a browser', { skip: chromiumSkip }, () => {
   let server: TestServer;
-  let browser: Browser;
+  let b: ConsoleBrowser;
   let page: Page;
   let base: string;
   let sample: ConsoleSample;
-  let profile: string;
-  const consoleErrors: string[] = [];
-  let allowed404: RegExp[] = [];
-  /** Requests a test makes fail on purpose (the browser logs their status). */
-  const expected400: RegExp[] = [];
 
   before(async () => {
-    assert.ok(
-      existsSync(join(defaultConsoleDir(), 'index.html')),
-      `the console is not built in ${defaultConsoleDir()} (npm run build:console)`,
-    );
     server = await makeTestServer('sqlite');
     sample = await seedConsoleSample(server);
-    await server.app.listen({ port: 0, host: '127.0.0.1' });
-    const addr = server.app.server.address();
-    assert.ok(addr && typeof addr === 'object');
-    base = `http://127.0.0.1:${addr.port}`;
+    base = await listen(server);
+    b = await openConsoleBrowser();
+    page = b.page;
     // A 404 the browser logs is expected only from a status route this server does not have.
-    allowed404 = pendingStatusRoutes
-      .filter((url) => !server.app.hasRoute({ method: 'GET', url }))
-      .map((url) => new RegExp(`${url.replace(/:ref/g, '[^/?]+')}(\\?|$)`));
-    profile = mkdtempSync(join(tmpdir(), 'reimage-chromium-'));
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
-    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-    page = await context.newPage();
-    page.setDefaultTimeout(Number(process.env.CONSOLE_TEST_TIMEOUT_MS ?? 30_000));
-    const record = (m: ConsoleMessage) => {
-      if (m.type() !== 'error') return;
-      const url = m.location().url;
-      if (/status of 404/.test(m.text()) && allowed404.some((r) => r.test(url))) return;
-      if (/status of 400/.test(m.text()) && expected400.some((r) => r.test(url))) return;
-      consoleErrors.push(`${m.text()} (${url})`);
-    };
-    page.on('console', record);
-    page.on('pageerror', (e) => consoleErrors.push(`page error: ${e.message}`));
+    for (const url of pendingStatusRoutes)
+      if (!server.app.hasRoute({ method: 'GET', url }))
+        b.expect(404, new RegExp(`${url.replace(/:ref/g, '[^/?]+')}(\\?|$)`));
   });
 
   after(async () => {
-    await browser?.close();
+    await b?.close();
     await server?.close();
-    if (profile) rmSync(profile, { recursive: true, force: true });
   });
 
   test('the console is served with its security headers and an SPA fallback', async () => {
@@ -176,7 +136,7 @@ describe('web console in a browser', { skip }, () => {
     await version.fill('12.7-1');
     // The image is native: only the server knows, and says so by field.
     await page.getByLabel('Format', { exact: true }).selectOption('opaque');
-    expected400.push(new RegExp(`/api/v1/packages/${sample.pkg.id}$`));
+    b.expect(400, new RegExp(`/api/v1/packages/${sample.pkg.id}$`));
     await page.getByRole('button', { name: 'Save package' }).click();
     const format = page.locator('.field', { has: page.getByLabel('Format', { exact: true }) });
     await format.getByText(/expected "native"/).waitFor();
@@ -278,6 +238,7 @@ describe('web console in a browser', { skip }, () => {
       ['Collections', 'Collections'],
       ['Machines', 'Machines'],
       ['Trends', 'Trends'],
+      ['Access', 'Access'],
     ] as const) {
       await page
         .getByRole('navigation', { name: 'Main' })
@@ -293,6 +254,6 @@ describe('web console in a browser', { skip }, () => {
       .getByRole('cell', { name: 'debian-12-desktop' })
       .or(page.getByRole('rowheader', { name: 'debian-12-desktop' }))
       .waitFor();
-    assert.deepEqual(consoleErrors, []);
+    assert.deepEqual(b.errors, []);
   });
 });

@@ -2,12 +2,15 @@ import { StrictMode, useEffect, useState, type FormEvent, type ReactNode } from 
 import { createRoot } from 'react-dom/client';
 import { api, ApiError, getToken, liveFeed, onTokenChange, setToken, useLiveMode } from './api';
 import { Link, match, navigate, useLocation } from './router';
-import { ErrorBox, Field } from './ui';
+import { Field } from './form';
+import { ErrorBox } from './ui';
 import { Dashboard } from './pages/Dashboard';
 import { Images } from './pages/Images';
 import { Packages, PackageEditor } from './pages/Packages';
-import { DistributionPoints } from './pages/DistributionPoints';
-import { Collections } from './pages/Collections';
+import { DistributionPoints, DpEditor } from './pages/DistributionPoints';
+import { CollectionEditor, Collections } from './pages/Collections';
+import { Access } from './pages/Access';
+import { UserProvider, WriteOnly } from './session';
 import { Advertisements, AdvertisementDetail, AdvertisementEditor } from './pages/Advertisements';
 import { Machines, MachineDetail } from './pages/Machines';
 import { Trends } from './pages/Trends';
@@ -23,23 +26,50 @@ const nav: { to: string; label: string }[] = [
   { to: '/advertisements', label: 'Advertisements' },
   { to: '/machines', label: 'Machines' },
   { to: '/trends', label: 'Trends' },
+  { to: '/access', label: 'Access' },
 ];
 
 const routes: [string, (p: Record<string, string>) => ReactNode][] = [
   ['/', () => <Dashboard />],
   ['/images', () => <Images />],
   ['/packages', () => <Packages />],
-  ['/packages/new', () => <PackageEditor />],
+  [
+    '/packages/new',
+    () => (
+      <WriteOnly what="packages">
+        <PackageEditor />
+      </WriteOnly>
+    ),
+  ],
   ['/packages/:ref', (p) => <PackageEditor packageRef={p.ref!} />],
   ['/distribution-points', () => <DistributionPoints />],
+  ['/distribution-points/new', () => <DpEditor />],
+  ['/distribution-points/:ref/edit', (p) => <DpEditor dpRef={p.ref!} />],
   ['/collections', () => <Collections />],
+  ['/collections/new', () => <CollectionEditor />],
+  ['/collections/:ref/edit', (p) => <CollectionEditor collectionRef={p.ref!} />],
   ['/advertisements', () => <Advertisements />],
-  ['/advertisements/new', () => <AdvertisementEditor />],
-  ['/advertisements/:ref/edit', (p) => <AdvertisementEditor adRef={p.ref!} />],
+  [
+    '/advertisements/new',
+    () => (
+      <WriteOnly what="advertisements">
+        <AdvertisementEditor />
+      </WriteOnly>
+    ),
+  ],
+  [
+    '/advertisements/:ref/edit',
+    (p) => (
+      <WriteOnly what="advertisements">
+        <AdvertisementEditor adRef={p.ref!} />
+      </WriteOnly>
+    ),
+  ],
   ['/advertisements/:ref', (p) => <AdvertisementDetail adRef={p.ref!} />],
   ['/machines', () => <Machines />],
   ['/machines/:ref', (p) => <MachineDetail machineRef={p.ref!} />],
   ['/trends', () => <Trends />],
+  ['/access', () => <Access />],
 ];
 
 function Login() {
@@ -187,7 +217,11 @@ function App() {
   if (!token) return <Login />;
   if (error) return <ErrorBox error={error} />;
   if (!user) return <p className="muted">Loading…</p>;
-  return <Shell user={user} />;
+  return (
+    <UserProvider user={user}>
+      <Shell user={user} />
+    </UserProvider>
+  );
 }
 
 // An old link with a token in it never stays in the address bar or the history.

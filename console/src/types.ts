@@ -7,6 +7,30 @@ export interface User {
   id: string;
   username: string;
   role: 'admin' | 'operator' | 'read-only';
+  disabled?: boolean;
+  createdAt?: string;
+}
+
+export const roles = ['admin', 'operator', 'read-only'] as const;
+
+/** An API token's record (the token itself is shown once, at creation). */
+export interface ApiToken {
+  id: string;
+  userId: string;
+  name: string;
+  createdAt: string;
+  expiresAt: string | null;
+  lastUsedAt: string | null;
+}
+
+export interface EnrollmentToken {
+  id: string;
+  site: string | null;
+  usesLeft: number | null;
+  expiresAt: string;
+  createdBy: string;
+  createdAt: string;
+  revoked: boolean;
 }
 
 export interface Image {
@@ -41,7 +65,16 @@ export interface DistributionPoint {
   address: string;
   site: string;
   boundaries: string[];
+  bandwidth: Bandwidth;
   hasCredentials: boolean;
+}
+
+export const weekdays = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'] as const;
+
+/** A DP's replication limits: a rate and the windows in which replication may run. */
+export interface Bandwidth {
+  rateLimitKbps?: number;
+  windows?: { days?: (typeof weekdays)[number][]; from: string; to: string }[];
 }
 
 export interface Replication {
@@ -64,6 +97,8 @@ export interface Collection {
   rule: string | null;
   include: string[];
   exclude: string[];
+  createdAt?: string;
+  updatedAt?: string;
 }
 
 export interface Wave {

@@ -4,7 +4,11 @@
  * status messages a deployment really sends (ids 3000…5003 of src/status/messages.ts), posted
  * through POST /api/v1/client/status with each machine's own credential.
  */
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { chromium, type Browser, type ConsoleMessage, type Page } from 'playwright-core';
+import { defaultConsoleDir } from '../../src/server/console.js';
 import type { Collection, PackageRecord } from '../../src/catalog/catalog.js';
 import {
   addImage,
@@ -153,4 +157,86 @@ export async function postStatus(
     body: { machineId: m.id, messages },
   });
   expectStatus(res, 200, `status of ${m.machine.name}`);
+}
+
+export const CHROMIUM = '/usr/bin/chromium';
+
+/** The console tests run where Debian's chromium is installed, and always under CI. */
+export const chromiumSkip =
+  !existsSync(CHROMIUM) && !process.env.CI ? 'no /usr/bin/chromium' : false;
+
+/** A headless chromium (the flags of ENVIRONMENT.md; playwright gives it a fresh profile) and its console errors. */
+export interface ConsoleBrowser {
+  browser: Browser;
+  page: Page;
+  /** Console errors and page errors, except the failed requests expected by `expect`. */
+  errors: string[];
+  /** Requests (by URL pattern and status) a test makes fail on purpose: the browser logs them. */
+  expect(status: number, url: RegExp): void;
+  /** Another logged-out page in its own context (another user), recorded the same way. */
+  newPage(): Promise<Page>;
+  close(): Promise<void>;
+}
+
+export async function openConsoleBrowser(): Promise<ConsoleBrowser> {
+  assert.ok(
+    existsSync(join(defaultConsoleDir(), 'index.html')),
+    `the console is not built in ${defaultConsoleDir()} (npm run build:console)`,
+  );
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  const errors: string[] = [];
+  const expected: { status: number; url: RegExp }[] = [];
+  const newPage = async () => {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const page = await context.newPage();
+    page.setDefaultTimeout(Number(process.env.CONSOLE_TEST_TIMEOUT_MS ?? 30_000));
+    page.on('console', (m: ConsoleMessage) => {
+      if (m.type() !== 'error') return;
+      const url = m.location().url;
+      if (expected.some((e) => m.text().includes(`status of ${e.status}`) && e.url.test(url)))
+        return;
+      errors.push(`${m.text()} (${url})`);
+    });
+    page.on('pageerror', (e) => errors.push(`page error: ${e.message}`));
+    return page;
+  };
+  return {
+    browser,
+    page: await newPage(),
+    errors,
+    expect: (status, url) => expected.push({ status, url }),
+    newPage,
+    async close() {
+      await browser.close();
+    },
+  };
+}
+
+/** Logs in through the console's form and waits for the dashboard. */
+export async function logIn(page: Page, base: string, username: string, password: string) {
+  await page.goto(base);
+  await page.getByLabel('Username').fill(username);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Log in' }).click();
+  await page.getByRole('heading', { level: 1, name: 'Dashboard' }).waitFor();
+}
+
+/** Starts the server's HTTP listener on a loopback port; answers its base URL. */
+export async function listen(server: TestServer): Promise<string> {
+  await server.app.listen({ port: 0, host: '127.0.0.1' });
+  const addr = server.app.server.address();
+  assert.ok(addr && typeof addr === 'object');
+  return `http://127.0.0.1:${addr.port}`;
 }

@@ -1,4 +1,4 @@
-import { useEffect, useMemo, useState, type FormEvent } from 'react';
+import { useEffect, useMemo, useState } from 'react';
 import policySchema from '../../../docs/schemas/advertisement-policy.schema.json';
 import { api, ApiError, useGet } from '../api';
 import { stateLabel } from '../derive';
@@ -13,22 +13,13 @@ import {
   type Package,
   type Wave,
 } from '../types';
-import {
-  byPath,
-  Check,
-  ErrorBox,
-  Field,
-  fmtTime,
-  LoadState,
-  Page,
-  Section,
-  Select,
-  StateBadge,
-  Table,
-} from '../ui';
+import { ErrorBox, fmtTime, LoadState, Page, Section, StateBadge, Table } from '../ui';
+import { byPath, Check, Field, Form, Select } from '../form';
+import { useCanWrite } from '../session';
 import { StatusChart } from './charts';
 
 export function Advertisements() {
+  const canWrite = useCanWrite();
   const ads = useGet<List<Advertisement>>('/api/v1/advertisements', (e) => e.type === 'tick');
   const pkgs = useGet<List<Package>>('/api/v1/packages');
   const cols = useGet<List<Collection>>('/api/v1/collections');
@@ -38,9 +29,11 @@ export function Advertisements() {
     <Page
       title="Advertisements"
       actions={
-        <Link to="/advertisements/new" className="button">
-          New advertisement
-        </Link>
+        canWrite ? (
+          <Link to="/advertisements/new" className="button">
+            New advertisement
+          </Link>
+        ) : null
       }
     >
       <Section title="Advertisements">
@@ -76,6 +69,7 @@ const waveText = (w: Wave[] | undefined) =>
     : 'one wave';
 
 export function AdvertisementDetail({ adRef }: { adRef: string }) {
+  const canWrite = useCanWrite();
   const ad = useGet<Advertisement>(
     `/api/v1/advertisements/${encodeURIComponent(adRef)}`,
     (e) => e.type === 'summary',
@@ -100,7 +94,7 @@ export function AdvertisementDetail({ adRef }: { adRef: string }) {
     <Page
       title={a ? `Advertisement ${a.name}` : 'Advertisement'}
       actions={
-        a ? (
+        a && canWrite ? (
           <Link to={`/advertisements/${a.id}/edit`} className="button">
             Edit
           </Link>
@@ -151,7 +145,7 @@ export function AdvertisementDetail({ adRef }: { adRef: string }) {
                 {a.schedule.activeWave ?? 1}.
               </p>
             )}
-            {(a.schedule.waves?.length ?? 0) > (a.schedule.activeWave ?? 1) ? (
+            {canWrite && (a.schedule.waves?.length ?? 0) > (a.schedule.activeWave ?? 1) ? (
               <button type="button" onClick={() => void release()}>
                 Release wave {(a.schedule.activeWave ?? 1) + 1}
               </button>
@@ -351,11 +345,10 @@ export function AdvertisementEditor({ adRef }: { adRef?: string }) {
     });
     setTouched((t) => new Set(t).add(`/schedule/waves/${i}`).add('/schedule/waves'));
   };
-  const submit = async (e: FormEvent) => {
-    e.preventDefault();
+  const submit = async (): Promise<boolean> => {
     setTouched(new Set(['*']));
     setError(null);
-    if (local.size) return;
+    if (local.size) return false;
     const body: Record<string, unknown> = {
       name: f.name,
       package: f.package,
@@ -375,9 +368,11 @@ export function AdvertisementEditor({ adRef }: { adRef?: string }) {
           )
         : await api<Advertisement>('POST', '/api/v1/advertisements', body);
       navigate(`/advertisements/${a.id}`);
+      return true;
     } catch (err) {
       setError(err as Error);
       if (err instanceof ApiError) setServerProblems(byPath(err.problems));
+      return false;
     }
   };
   const allPolicy = [...local.entries()].filter(
@@ -394,7 +389,12 @@ export function AdvertisementEditor({ adRef }: { adRef?: string }) {
   const title = adRef ? `Edit advertisement ${existing.data?.name ?? ''}` : 'New advertisement';
   return (
     <Page title={title}>
-      <form onSubmit={(e) => void submit(e)} aria-label={title} noValidate>
+      <Form
+        label={title}
+        submitLabel={adRef ? 'Save advertisement' : 'Create advertisement'}
+        onSubmit={submit}
+        error={error}
+      >
         <Section title="What and where">
           <div className="grid">
             <Field
@@ -556,11 +556,7 @@ export function AdvertisementEditor({ adRef }: { adRef?: string }) {
             />
           </div>
         </Section>
-        <div className="actions">
-          <button type="submit">{adRef ? 'Save advertisement' : 'Create advertisement'}</button>
-        </div>
-        {error ? <ErrorBox error={error} /> : null}
-      </form>
+      </Form>
     </Page>
   );
 }

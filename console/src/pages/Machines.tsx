@@ -1,21 +1,11 @@
 import { useState } from 'react';
 import { useGet } from '../api';
 import { Link } from '../router';
+import { Field } from '../form';
 import { useTimeline } from '../status';
 import type { List, Machine, TimelineMessage } from '../types';
 import { timelineState } from '../types';
-import {
-  Bar,
-  ErrorBox,
-  Field,
-  fmtDuration,
-  fmtTime,
-  LoadState,
-  Page,
-  Section,
-  short,
-  Table,
-} from '../ui';
+import { Bar, ErrorBox, fmtDuration, fmtTime, LoadState, Page, Section, short, Table } from '../ui';
 
 export function Machines() {
   const machines = useGet<List<Machine>>('/api/v1/machines', (e) => e.type === 'tick');

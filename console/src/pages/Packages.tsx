@@ -1,21 +1,26 @@
-import { useEffect, useMemo, useState, type FormEvent } from 'react';
+import { useEffect, useMemo, useState } from 'react';
 import definitionSchema from '../../../docs/schemas/package-definition.schema.json';
 import settingsSchema from '../../../docs/schemas/deployment-settings.schema.json';
 import { api, ApiError, useGet, type Problem } from '../api';
 import { Link, navigate, useLocation } from '../router';
 import { validate, type Issue, type Schema } from '../schema';
 import type { Image, List, Package } from '../types';
-import { ErrorBox, Field, fmtTime, LoadState, Page, Section, Select, short, Table } from '../ui';
+import { Field, Form, Select } from '../form';
+import { useCanWrite } from '../session';
+import { ErrorBox, fmtTime, LoadState, Page, Section, short, Table } from '../ui';
 
 export function Packages() {
+  const canWrite = useCanWrite();
   const pkgs = useGet<List<Package>>('/api/v1/packages');
   return (
     <Page
       title="Packages"
       actions={
-        <Link to="/packages/new" className="button">
-          New package
-        </Link>
+        canWrite ? (
+          <Link to="/packages/new" className="button">
+            New package
+          </Link>
+        ) : null
       }
     >
       <Section title="Packages">
@@ -231,11 +236,10 @@ export function PackageEditor({ packageRef }: { packageRef?: string }) {
   };
   const show = (path: string) => (touched || server.def.length ? under(defIssues, path) : []);
 
-  const submit = async (e: FormEvent) => {
-    e.preventDefault();
+  const submit = async (): Promise<boolean> => {
     setTouched(true);
     setSaved(null);
-    if (defIssues.size || setIssues.length || !settings) return;
+    if (defIssues.size || setIssues.length || !settings) return false;
     const body = {
       definition: JSON.stringify(definition),
       settings: JSON.stringify(settings),
@@ -250,6 +254,7 @@ export function PackageEditor({ packageRef }: { packageRef?: string }) {
       setSaved(`Saved ${p.name}@${p.version} (revision ${p.revision}).`);
       if (!packageRef) navigate(`/packages/${p.id}`, true);
       else existing.reload();
+      return true;
     } catch (err) {
       const problems = err instanceof ApiError ? err.problems : [];
       setServer({
@@ -257,6 +262,7 @@ export function PackageEditor({ packageRef }: { packageRef?: string }) {
         settings: serverIssues(problems, 'settings'),
         error: err as Error,
       });
+      return false;
     }
   };
 
@@ -266,7 +272,13 @@ export function PackageEditor({ packageRef }: { packageRef?: string }) {
   return (
     <Page title={title}>
       {packageRef && existing.error ? <ErrorBox error={existing.error} /> : null}
-      <form onSubmit={(e) => void submit(e)} aria-label={title} noValidate>
+      <Form
+        label={title}
+        submitLabel={packageRef ? 'Save package' : 'Create package'}
+        onSubmit={submit}
+        status={saved}
+        error={server.error}
+      >
         <Section title="Definition">
           <div className="grid">
             <Field
@@ -391,14 +403,7 @@ export function PackageEditor({ packageRef }: { packageRef?: string }) {
             })}
           </fieldset>
         </Section>
-        <div className="actions">
-          <button type="submit">{packageRef ? 'Save package' : 'Create package'}</button>
-          <div aria-live="polite" className="status-line">
-            {saved}
-          </div>
-        </div>
-        {server.error ? <ErrorBox error={server.error} /> : null}
-      </form>
+      </Form>
     </Page>
   );
 }

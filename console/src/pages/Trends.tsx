@@ -2,7 +2,8 @@ import { useState } from 'react';
 import { qs, useGet } from '../api';
 import { Link } from '../router';
 import type { Advertisement, List, TrendGroup } from '../types';
-import { Bar, LoadState, Page, Section, Select, Field } from '../ui';
+import { Field, Select } from '../form';
+import { Bar, LoadState, Page, Section } from '../ui';
 
 export function TrendTable({ groups }: { groups: TrendGroup[] }) {
   if (groups.length === 0) return <p className="empty">No failure trends.</p>;
