@@ -2,7 +2,8 @@
 // Screenshots of the web console's main pages (docs/console/*.png), against a real server with
 // sample data (test/support/console-sample.ts): an image, a package distributed to a
 // distribution point, a collection, eight machines and the status a deployment sends.
-// Run after `npm run build`: node scripts/console-screenshots.mjs [outDir]
+// Run after `npm run build`: node scripts/console-screenshots.mjs [outDir] [--all]
+// (without --all it leaves the pages the lab test shoots from a real deployment).
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -14,7 +15,12 @@ import {
   seedConsoleSample,
 } from '../dist/test/support/console-sample.js';
 
-const out = resolve(process.argv[2] ?? 'docs/console');
+const args = process.argv.slice(2);
+const all = args.includes('--all');
+const out = resolve(args.find((a) => !a.startsWith('--')) ?? 'docs/console');
+// These come from a real lab deployment (CONSOLE_SCREENSHOTS=docs/console node --test
+// dist/test/console-lab.test.js); --all takes them here too, from the sample data.
+const fromLab = new Set(['dashboard', 'advertisement', 'machine-timeline', 'machines']);
 mkdirSync(out, { recursive: true });
 
 const server = await makeTestServer('sqlite');
@@ -125,6 +131,7 @@ try {
     ['access', '/access', 'New enrollment token'],
   ];
   for (const [name, path, text] of shots) {
+    if (fromLab.has(name) && !all) continue;
     // Client-side navigation, as a user clicking: the session stays in this tab.
     await page.evaluate((p) => {
       history.pushState(null, '', p);

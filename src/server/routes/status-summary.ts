@@ -258,9 +258,11 @@ export function statusSummaryRoutes(app: App): void {
     async (req) => service().fleet(bucketMs(req.query.bucket)),
   );
 
-  const streams = new Set<() => void>();
-  app.addHook('onClose', async () => {
-    for (const end of streams) end();
+  // Open event streams end before the server closes: `close()` waits for in-flight requests,
+  // and a stream (an open console tab) would otherwise hold it until Node's request timeout.
+  const streams = new Set<(closing?: boolean) => void>();
+  app.addHook('preClose', async () => {
+    for (const end of [...streams]) end(true);
   });
 
   app.get(
@@ -299,16 +301,20 @@ export function statusSummaryRoutes(app: App): void {
       // A comment now and then keeps proxies from closing an idle stream.
       const keepAlive = setInterval(() => res.write(': keep-alive\n\n'), 15_000);
       keepAlive.unref();
-      const end = () => {
+      const end = (closing = false) => {
         clearInterval(keepAlive);
         s.events.off('event', listener);
         streams.delete(end);
-        if (!res.writableEnded) res.end();
+        if (res.writableEnded) return;
+        // Closing: the stream ends, then its connection too (it would stay open, idle, for the
+        // keep-alive timeout).
+        if (closing) res.end(() => res.socket?.end());
+        else res.end();
       };
       streams.add(end);
       s.events.on('event', listener);
-      req.raw.on('close', end);
-      res.on('close', end);
+      req.raw.on('close', () => end());
+      res.on('close', () => end());
     },
   );
 
