@@ -149,7 +149,13 @@ export interface DemoOptions {
   /** A fault planted on machine `i` (see {@link MachineFault}); its machine is expected to fail. */
   machineFaults?: (index: number) => MachineFault | undefined;
   /** Waves and thresholds of the demo's advertisement (default: no waves). */
-  rollout?: { waves: DemoWave[]; successThreshold?: number; failureThreshold?: number };
+  rollout?: {
+    waves: DemoWave[];
+    successThreshold?: number;
+    failureThreshold?: number;
+    /** `never`: a failed machine is not tried again (default if-failed: up to 3 runs, one per poll). */
+    rerun?: 'never' | 'if-failed' | 'always';
+  };
   /**
    * Replaces the demo's advertisement step (collections and advertisements): called once the
    * packages are replicated and every machine has booted and enrolled (their clients poll
