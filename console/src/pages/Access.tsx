@@ -3,7 +3,7 @@
  * tokens for machines (operators and admins), and users with their roles (admins). Every new
  * secret is shown once.
  */
-import { useMemo, useState } from 'react';
+import { useEffect, useMemo, useState } from 'react';
 import { api, useGet } from '../api';
 import {
   Check,
@@ -317,16 +317,29 @@ function EnrollmentTokens() {
   );
 }
 
-function UserRow({ u, reload }: { u: User; reload: () => void }) {
+/**
+ * The change controls of one user. The row is keyed by the user's id, so it lives across the
+ * reload that follows a change; its outcome goes to the section's status line (`onDone`), which
+ * a reload cannot erase.
+ */
+function UserRow({
+  u,
+  reload,
+  onDone,
+}: {
+  u: User;
+  reload: () => void;
+  onDone: (note: string) => void;
+}) {
   const [role, setRole] = useState<string>(u.role);
   const [error, setError] = useState<Error | null>(null);
-  const [note, setNote] = useState('');
+  useEffect(() => setRole(u.role), [u.role]);
   const patch = async (body: Record<string, unknown>, what: string) => {
     setError(null);
-    setNote('');
+    onDone('');
     try {
       await api('PATCH', `/api/v1/users/${encodeURIComponent(u.id)}`, body);
-      setNote(what);
+      onDone(what);
       reload();
     } catch (e) {
       setError(e as Error);
@@ -363,12 +376,10 @@ function UserRow({ u, reload }: { u: User; reload: () => void }) {
         confirmLabel={`Yes, delete ${u.username}`}
         onConfirm={async () => {
           await api('DELETE', `/api/v1/users/${encodeURIComponent(u.id)}`);
+          onDone(`Deleted ${u.username}.`);
           reload();
         }}
       />
-      <span aria-live="polite" className="status-line">
-        {note}
-      </span>
     </div>
   );
 }
@@ -380,6 +391,7 @@ function Users() {
   const [role, setRole] = useState<string>('read-only');
   const [error, setError] = useState<Error | null>(null);
   const [saved, setSaved] = useState('');
+  const [changed, setChanged] = useState('');
   const local = useMemo(() => {
     const m = new Map<string, string[]>();
     if (!/^[a-z_][a-z0-9_.-]{0,63}$/.test(username))
@@ -416,18 +428,24 @@ function Users() {
           <Table
             caption="Users"
             rows={d.items}
-            rowKey={(u) => `${u.id}:${u.role}:${String(u.disabled)}`}
+            rowKey={(u) => u.id}
             empty="No users."
             columns={[
               { header: 'User', cell: (u) => u.username },
               { header: 'Role', cell: (u) => u.role },
               { header: 'State', cell: (u) => (u.disabled ? 'disabled' : 'enabled') },
               { header: 'Created', cell: (u) => fmtTime(u.createdAt) },
-              { header: 'Change', cell: (u) => <UserRow u={u} reload={users.reload} /> },
+              {
+                header: 'Change',
+                cell: (u) => <UserRow u={u} reload={users.reload} onDone={setChanged} />,
+              },
             ]}
           />
         )}
       </LoadState>
+      <p aria-live="polite" className="status-line">
+        {changed}
+      </p>
       <h3>New user</h3>
       <Form
         label="New user"
