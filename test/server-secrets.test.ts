@@ -166,6 +166,11 @@ async function makeWorld(server: TestServer): Promise<World> {
         sharePassword: planted.statusPassword,
         mount: { user: 'svc', password: planted.statusPassword },
         attempts: [{ productKey: planted.statusPassword }, { secret: planted.statusPassword }],
+        // secrets inside text, where no property name gives them away
+        logTail:
+          `mount -t cifs -o password=${planted.statusPassword} //nas/state\n` +
+          `GET https://svc:${planted.statusPassword}@dp/packs/ab: 404\n`,
+        detail: `{"user":"svc","password":"${planted.statusPassword}"}`,
       })).map((m) => ({ ...m, id: 9000, advertisementId: ad.id })),
     },
   });
@@ -332,6 +337,12 @@ forEachDatabase('secrets are write-only', (get) => {
     assert.equal(p.sharePassword, '[redacted]');
     assert.deepEqual(p.mount, { user: 'svc', password: '[redacted]' });
     assert.deepEqual(p.attempts, [{ productKey: '[redacted]' }, { secret: '[redacted]' }]);
+    assert.equal(
+      p.logTail,
+      'mount -t cifs -o password=[redacted] //nas/state\n' +
+        'GET https://svc:[redacted]@dp/packs/ab: 404\n',
+    );
+    assert.equal(p.detail, '{"user":"svc","password":"[redacted]"}');
     assert.equal(p.step, 'mount-1', 'the rest is kept');
   });
 

@@ -28,6 +28,7 @@ import type { MachineStateSettings } from '../migrate/machine-state.js';
 import { captureState, restoreState } from '../migrate/migration.js';
 import type { RuleComponent } from '../migrate/rule-format.js';
 import { keyFromBase64, localBackend } from '../migrate/state-store.js';
+import { redactText } from '../status/redact.js';
 import { failpoint } from './failpoints.js';
 import { progressGate } from './progress-gate.js';
 import { readJsonFile, writeFileAtomic } from './files.js';
@@ -195,9 +196,10 @@ class Engine {
    * Logs a line to the caller and to the deployment's own log in the kept area (`engine.log`,
    * which survives the reboots and goes to the history with the deployment): its tail goes
    * with every error report, so the administrator sees what the old client, the PE or the new
-   * client did last.
+   * client did last. Secrets found in a line (docs/status.md, "Secrets") never reach the log.
    */
-  private log(line: string): void {
+  private log(raw: string): void {
+    const line = redactText(raw, this.stateKey ? [this.stateKey.toString('base64')] : []);
     this.o.log?.(line);
     const file = join(this.p.deployment, ENGINE_LOG);
     try {

@@ -1,6 +1,7 @@
 import type { IngestMessage } from '../catalog/status-store.js';
 import { ReimageError } from '../errors.js';
 import { stateOf, statusMessage } from '../status/messages.js';
+import { redactText } from '../status/redact.js';
 
 /** A status message as a machine sends it (POST /api/v1/client/status, or a drop file). */
 export interface IncomingStatus {
@@ -26,8 +27,12 @@ function redactProperties(props: Record<string, unknown>, depth = 0): Record<str
   return out;
 }
 
-/** Lists too: `[{ password: … }]` hides a secret as well as `{ password: … }` does. */
+/**
+ * Lists too: `[{ password: … }]` hides a secret as well as `{ password: … }` does; and secrets
+ * inside text (a log tail, an error message) whatever the agent did about them.
+ */
 function redactValue(v: unknown, depth: number): unknown {
+  if (typeof v === 'string') return redactText(v);
   if (v === null || typeof v !== 'object') return v;
   if (depth > MAX_PROPERTY_DEPTH)
     throw new ReimageError(
