@@ -425,9 +425,12 @@ describe('admin CLI against a real server', { timeout: 240_000 }, () => {
       'mon-fri 22:00-05:00',
       '--rerun',
       'if-failed',
+      '--retry-after',
+      '1h',
       '--json',
     ]).json.advertisement;
     assert.deepEqual(ad.schedule.waves, [{ percent: 10 }, { percent: 90 }]);
+    assert.equal(ad.schedule.retryAfter, '1h');
     assert.equal(ad.policy.postponementMaximum, '1d');
     assert.equal(ad.policy.allowDecline, false);
     const eff = ok(['advertisement', 'effective-policy', 'debian-rollout', '--json']).json;

@@ -61,8 +61,8 @@ describe('a planted systemic failure in the lab', () => {
       siteFaults: { lyon: 'corrupt-dp' },
       machineFaults: (i) => FAULTS[i],
       plan: () => 'now',
-      // One run per machine: a failed machine tried again at its next poll would be back in
-      // phase 1 for a moment, and the test powers machines off at any moment after a failure.
+      // One run per machine: the raw counts and trends are of first runs (a failed machine
+      // would run again after schedule.retryAfter, 15 min by default, long after the test).
       rollout: {
         waves: [{ machines: MACHINES - 1 }, { percent: 100 }],
         failureThreshold: 25,

@@ -64,8 +64,13 @@ export interface NotificationPolicy {
 export interface AdSchedule {
   windows: TransferWindow[];
   rerun: 'never' | 'if-failed' | 'always';
+  /** The wait before a failed deployment runs again (doubled for each failure before it). */
+  retryAfterMs: number;
   redeploySameImage: boolean;
 }
+
+/** schedule.retryAfter when the advertisement does not say. */
+export const DEFAULT_RETRY_AFTER = '15m';
 
 const unusable = (ad: { id: string }, what: string) =>
   new ReimageError('AGENT_POLICY_UNUSABLE', `Advertisement ${ad.id}: ${what}`, {
@@ -200,10 +205,15 @@ export function adSchedule(ad: PolicyAdvertisement): AdSchedule {
   const rerun = s['rerun'] ?? 'if-failed';
   if (rerun !== 'never' && rerun !== 'if-failed' && rerun !== 'always')
     throw unusable(ad, `schedule.rerun ${JSON.stringify(rerun)} is not valid.`);
+  const retryText = s['retryAfter'] ?? DEFAULT_RETRY_AFTER;
+  const retryAfterMs = isString(retryText) ? parseDuration(retryText) : undefined;
+  if (retryAfterMs === undefined)
+    throw unusable(ad, `schedule.retryAfter ${JSON.stringify(retryText)} is not a duration.`);
   const options = obj(obj(ad.settings)['options']);
   return {
     windows,
     rerun,
+    retryAfterMs,
     redeploySameImage: typed(
       ad,
       'options.redeploySameImage',

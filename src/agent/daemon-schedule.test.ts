@@ -67,9 +67,77 @@ describe('decide: one advertisement at one time', () => {
         'nothing deployed',
       ],
       [
-        'failed once: again',
+        'failed once, 15 min ago: again',
         ad(),
-        rec({ runs: [{ deployment: 'd', startedAt: iso(T0), why: 'x', outcome: 'failed' }] }),
+        rec({
+          runs: [
+            {
+              deployment: 'd',
+              startedAt: iso(T0 - H),
+              endedAt: iso(T0 - H / 4),
+              why: 'x',
+              outcome: 'failed',
+            },
+          ],
+        }),
+        T0,
+        'ask start',
+      ],
+      [
+        'failed once, just now: wait (retryAfter, 15 min by default)',
+        ad(),
+        rec({
+          runs: [
+            {
+              deployment: 'd',
+              startedAt: iso(T0 - H),
+              endedAt: iso(T0),
+              why: 'x',
+              outcome: 'failed',
+            },
+          ],
+        }),
+        T0 + H / 4 - 1,
+        'wait retry-later',
+      ],
+      [
+        'failed twice, the last 20 min ago: the wait doubled to 30 min',
+        ad(),
+        rec({
+          runs: [
+            {
+              deployment: 'd',
+              startedAt: iso(T0 - 3 * H),
+              endedAt: iso(T0 - 2 * H),
+              why: 'x',
+              outcome: 'failed',
+            },
+            {
+              deployment: 'e',
+              startedAt: iso(T0 - H),
+              endedAt: iso(T0 - H / 3),
+              why: 'x',
+              outcome: 'rolled-back',
+            },
+          ],
+        }),
+        T0,
+        'wait retry-later',
+      ],
+      [
+        'retryAfter 0s: again at once',
+        ad({ schedule: { retryAfter: '0s' } }),
+        rec({
+          runs: [
+            {
+              deployment: 'd',
+              startedAt: iso(T0 - H),
+              endedAt: iso(T0),
+              why: 'x',
+              outcome: 'failed',
+            },
+          ],
+        }),
         T0,
         'ask start',
       ],
@@ -175,6 +243,43 @@ describe('decide: one advertisement at one time', () => {
     const spent = decide(a, rec({ postponedMs: 24 * H }), ctx(a));
     assert.ok(spent.do === 'ask');
     assert.equal(spent.request.buttons.later, false);
+  });
+
+  it('a failed run waits retryAfter, doubled per failure, from the time it ended', () => {
+    const failed = (n: number, endedAt: number) =>
+      rec({
+        runs: Array.from({ length: n }, (_, i) => ({
+          deployment: `d${i}`,
+          startedAt: iso(endedAt - (n - i) * H),
+          endedAt: iso(i === n - 1 ? endedAt : endedAt - (n - i) * H + 1),
+          why: 'x',
+          outcome: 'failed',
+        })),
+      });
+    const a = ad({ schedule: { retryAfter: '1h' } });
+    assert.deepEqual(decide(a, failed(1, T0), ctx(a, T0)), {
+      do: 'wait',
+      why: 'retry-later',
+      until: T0 + H,
+    });
+    assert.equal(decide(a, failed(1, T0), ctx(a, T0 + H)).do, 'ask');
+    assert.deepEqual(decide(a, failed(2, T0), ctx(a, T0 + H)), {
+      do: 'wait',
+      why: 'retry-later',
+      until: T0 + 2 * H,
+    });
+    // a success in between is not a failure: "always" runs again at once after it
+    const always = ad({ schedule: { rerun: 'always' } });
+    const ok = rec({
+      runs: [
+        { deployment: 'd', startedAt: iso(T0), endedAt: iso(T0), why: 'x', outcome: 'succeeded' },
+      ],
+    });
+    assert.equal(decide(always, ok, ctx(always, T0)).do, 'ask');
+    assert.throws(
+      () => adSchedule(ad({ schedule: { retryAfter: 'soon' } })),
+      /schedule.retryAfter "soon" is not a duration/,
+    );
   });
 
   it('no answer: install, decline, postpone within the budget, and never install with permission required', () => {

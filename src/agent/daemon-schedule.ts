@@ -37,12 +37,32 @@ export interface AdRecord {
 /** A failed advertisement is tried again (schedule.rerun "if-failed") at most this many times in all. */
 export const MAX_RUNS = 3;
 
+/**
+ * When a failed advertisement may run again: `retryAfterMs` after the last run ended, doubled
+ * for each failed run before it (15 min, then 30 min by default), so that a machine whose
+ * deployment fails does not go back into phase 1 at its very next poll — the administrator has
+ * time to see the failure (and halt a wave) before the same cause strikes again.
+ */
+export function retryAt(rec: AdRecord, retryAfterMs: number): number | undefined {
+  const last = rec.runs[rec.runs.length - 1];
+  if (!last || last.outcome === undefined || last.outcome === 'succeeded') return undefined;
+  const failed = rec.runs.filter((r) => r.outcome !== undefined && r.outcome !== 'succeeded');
+  const ended = Date.parse(last.endedAt ?? last.startedAt);
+  if (Number.isNaN(ended)) return undefined;
+  return ended + retryAfterMs * 2 ** Math.max(0, failed.length - 1);
+}
+
 export type Decision =
   | { do: 'nothing'; why: 'declined' | 'deployed' | 'failed-too-often' | 'in-progress' }
   | { do: 'skip-same-image' }
   | {
       do: 'wait';
-      why: 'not-yet-available' | 'waiting-for-wave' | 'postponed' | 'maintenance-window';
+      why:
+        | 'not-yet-available'
+        | 'waiting-for-wave'
+        | 'postponed'
+        | 'maintenance-window'
+        | 'retry-later';
       /** Epoch ms when to look again (none: at the next poll). */
       until?: number;
     }
@@ -87,6 +107,8 @@ export function decide(ad: PolicyAdvertisement, rec: AdRecord, c: DecideContext)
     // rerun "always": on (the same-image rule below ends it).
   }
   if (rec.declined) return { do: 'nothing', why: 'declined' };
+  const retry = retryAt(rec, s.retryAfterMs);
+  if (retry !== undefined && retry > now) return { do: 'wait', why: 'retry-later', until: retry };
   if (
     ad.state === 'skip-same-image' ||
     (!s.redeploySameImage && c.appliedImageId === ad.package.imageId)

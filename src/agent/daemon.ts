@@ -21,7 +21,7 @@ import {
 } from './config.js';
 import type { ClientConfig } from './config.js';
 import { adSchedule, notificationPolicy, planFor } from './daemon-policy.js';
-import { applyAnswer, decide, newAdRecord } from './daemon-schedule.js';
+import { applyAnswer, decide, MAX_RUNS, newAdRecord } from './daemon-schedule.js';
 import type { AdRecord } from './daemon-schedule.js';
 import { keptPaths, runDeployment, startDeployment } from './deploy.js';
 import type { DeploymentOutcome, DeploymentPlan } from './deploy.js';
@@ -616,6 +616,12 @@ class Daemon {
               state: d.why,
               wave: ad.wave,
               ...(ad.availableFrom ? { availableFrom: ad.availableFrom } : {}),
+            });
+          else if (d.why === 'retry-later')
+            await adStatus(2011, `retry/${rec.runs.length + 1}`, {
+              run: rec.runs.length + 1,
+              maxRuns: MAX_RUNS,
+              retryAt: until,
             });
           return d.until;
         }

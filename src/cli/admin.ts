@@ -1413,6 +1413,7 @@ interface AdOptions extends ConnectionOptions {
   maintenanceWindow?: string[];
   anyTime?: boolean;
   rerun?: string;
+  retryAfter?: string;
   activeWave?: number;
   successThreshold?: number;
   failureThreshold?: number;
@@ -1461,6 +1462,7 @@ function adSchedule(
       o.maintenanceWindow.map((w) => parseWindow(w, '--maintenance-window')),
     );
   if (o.rerun !== undefined) set('rerun', o.rerun);
+  if (o.retryAfter !== undefined) set('retryAfter', o.retryAfter);
   if (o.activeWave !== undefined) set('activeWave', o.activeWave);
   if (o.successThreshold !== undefined) set('successThreshold', o.successThreshold);
   if (o.failureThreshold !== undefined) set('failureThreshold', o.failureThreshold);
@@ -1472,6 +1474,7 @@ function adLines(a: Advertisement, names: Map<string, string>): string[] {
     waves?: ({ percent: number } | { machines: number })[];
     maintenanceWindows?: TimeWindow[];
     rerun?: string;
+    retryAfter?: string;
     activeWave?: number;
   };
   return [
@@ -1494,7 +1497,10 @@ function adLines(a: Advertisement, names: Map<string, string>): string[] {
         ? sched.maintenanceWindows.map(formatWindow).join('; ')
         : 'any time',
     ),
-    field('rerun', sched.rerun ?? 'if-failed'),
+    field(
+      'rerun',
+      `${sched.rerun ?? 'if-failed'}${sched.rerun === 'never' ? '' : `, a failed run again after ${sched.retryAfter ?? '15m'} (doubled per failure)`}`,
+    ),
     ...yamlBlock('policy', a.policy),
   ];
 }
@@ -1550,6 +1556,10 @@ function registerAdvertisement(program: Command, ctx: AdminContext): void {
           'if-failed',
           'always',
         ]),
+      )
+      .option(
+        '--retry-after <duration>',
+        'wait this long before a failed deployment runs again, doubled per failure (default 15m)',
       )
       .option('--active-wave <n>', 'release the waves up to this one', wholeNumber(1, 20))
       .option(

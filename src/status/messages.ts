@@ -171,6 +171,20 @@ export const statusMessages: Readonly<Record<number, StatusMessageDef>> = {
   2010: m('client', 'notification', 'info', 'Waiting: the advertisement is {state} here.', {
     state: 'waiting',
   }),
+  2011: m(
+    'client',
+    'notification',
+    'info',
+    'The last run failed; run {run} of {maxRuns} starts no earlier than {retryAt}.',
+    {
+      state: null,
+      properties: {
+        run: 'the run that comes next (2 or 3)',
+        maxRuns: 'the most runs a failed advertisement gets',
+        retryAt: 'ISO 8601 time the run may start (schedule.retryAfter, doubled per failure)',
+      },
+    },
+  ),
   3000: m('old-client', 'prepare', 'info', 'Phase 1 (prepare) started.'),
   3001: m('old-client', 'prepare', 'info', 'Pre-deployment checks passed.'),
   3002: m('old-client', 'prepare', 'info', 'State captured: {items} item(s), {bytes} bytes.'),

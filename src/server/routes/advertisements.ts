@@ -3,7 +3,7 @@ import type { Static } from '@sinclair/typebox';
 import type { Catalog } from '../../catalog/catalog.js';
 import { isReimageError, ReimageError } from '../../errors.js';
 import { checkTightenOnly, effectivePolicy } from '../../package/effective.js';
-import { AdvertisementPolicy } from '../../package/schema.js';
+import { AdvertisementPolicy, duration } from '../../package/schema.js';
 import type { DeploymentSettings } from '../../package/schema.js';
 import type { App } from '../app.js';
 import { audit, ClockTime, listOf, Name, RefParams, responses } from './common.js';
@@ -35,6 +35,12 @@ export const Schedule = Type.Object(
     rerun: Type.Optional(
       Type.Union([Type.Literal('never'), Type.Literal('if-failed'), Type.Literal('always')], {
         description: 'run again on a machine where it already ran (default if-failed)',
+      }),
+    ),
+    retryAfter: Type.Optional(
+      duration({
+        description:
+          'the wait before a failed deployment runs again on a machine, doubled for each failure before it (default 15m; at most 3 runs in all)',
       }),
     ),
     waves: Type.Optional(
