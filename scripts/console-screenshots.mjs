@@ -10,6 +10,8 @@ import { join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
 import { makeTestServer } from '../dist/test/support/server.js';
 import {
+  CHROMIUM,
+  CHROMIUM_ARGS,
   deploymentMessages,
   postStatus,
   seedConsoleSample,
@@ -92,16 +94,8 @@ try {
   await server.app.listen({ port: 0, host: '127.0.0.1' });
   const base = `http://127.0.0.1:${server.app.server.address().port}`;
   browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
+    executablePath: CHROMIUM,
+    args: [...CHROMIUM_ARGS],
   });
   const page = await browser.newPage({ viewport: { width: 1360, height: 900 } });
   const errors = [];

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { CHROMIUM, CHROMIUM_ARGS } from './support/console-sample.js';
 import {
   askUser,
   currentNotificationPath,
@@ -19,8 +20,7 @@ import {
   type NotificationRequest,
 } from '../src/agent/notify.js';
 
-const CHROMIUM = '/usr/bin/chromium';
-const skip = !existsSync(CHROMIUM) && !process.env.CI ? 'no /usr/bin/chromium' : false;
+const skip = !existsSync(CHROMIUM) && !process.env.CI ? `no ${CHROMIUM}` : false;
 
 const HOSTILE =
   'Hello <b>team</b>\n<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">';
@@ -60,15 +60,7 @@ describe('notification page in a browser', { skip, timeout: 180_000 }, () => {
     context = await chromium.launchPersistentContext(join(work, 'profile'), {
       executablePath: CHROMIUM,
       headless: true,
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
+      args: [...CHROMIUM_ARGS],
     });
     page = context.pages()[0] ?? (await context.newPage());
     page.setDefaultTimeout(30_000);
