@@ -353,6 +353,10 @@ export const errorCodes = {
     exit: 1,
     help: 'A file of a serverless location is malformed (not a published advertisement of a known version, or its name does not match its content). Publish it again.',
   },
+  PUBLICATION_STALE: {
+    exit: 1,
+    help: 'A signed serverless advertisement is past its expiry, or older than the copy the machine already accepted (an older copy put back on the share). Publish it again (`reimage advertisement publish`); check who can write the share.',
+  },
   STATUS_DROP_INVALID: {
     exit: 1,
     http: 400,

@@ -22,7 +22,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { dropFolderSender, readServerlessPolicy } from '../src/agent/serverless.js';
+import {
+  acceptedPublicationsFile,
+  dropFolderSender,
+  readServerlessPolicy,
+  type AcceptedPublications,
+} from '../src/agent/serverless.js';
 import type { MachinePolicy } from '../src/client/agent-api.js';
 import type { Advertisement, ImageRecord, PackageRecord } from '../src/catalog/catalog.js';
 import { fetchImage } from '../src/content/fetch.js';
@@ -196,6 +201,8 @@ forEachDatabase('serverless', (get) => {
         '--from',
         server.store.root,
         '--all-machines',
+        '--valid-for',
+        '30d',
         '--server',
         `http://127.0.0.1:${addr.port}`,
         '--token',
@@ -212,10 +219,17 @@ forEachDatabase('serverless', (get) => {
     const r = {
       status,
       stderr,
-      json: JSON.parse(stdout || '{}') as { published: { allMachines: boolean } },
+      json: JSON.parse(stdout || '{}') as {
+        published: { allMachines: boolean; expiresAt?: string };
+      },
     };
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.json.published.allMachines, true);
+    const doc = JSON.parse(
+      readFileSync(join(cliPub, 'serverless/advertisements/srvless-ad.json'), 'utf8'),
+    ) as { publishedAt: string; expiresAt: string };
+    assert.equal(r.json.published.expiresAt, doc.expiresAt);
+    assert.equal(Date.parse(doc.expiresAt) - Date.parse(doc.publishedAt), 30 * 86_400_000);
     const { policy } = await policyOf(cliPub, { guid: randomUUID(), name: 'anyone' });
     assert.deepEqual(
       policy.advertisements.map((a) => a.name),
@@ -309,6 +323,76 @@ forEachDatabase('serverless', (get) => {
     const u = await policyOf(unsigned, machine);
     assert.deepEqual(u.policy.advertisements, []);
     assert.match(u.rejected[0]!.message, /no signature file/);
+  });
+
+  test('an expired copy, and an older copy put back on the share (a replay), are never returned', async () => {
+    const server = get();
+    const key = createPrivateKey(readFileSync(admin.privateFile));
+    const folder = join(work, `${server.kind}-replay`);
+    const rel = 'serverless/advertisements/srvless-ad.json';
+    const day = 86_400_000;
+    const T1 = Date.parse('2026-03-01T00:00:00Z');
+    const publish = (at: number, validForMs?: number | null) =>
+      publishAdvertisement({
+        publication,
+        from: [server.store.root],
+        to: folder,
+        key,
+        allMachines: true,
+        ...(validForMs !== undefined ? { validForMs } : {}),
+        now: () => new Date(at),
+      });
+    const read = (at: number, accepted?: AcceptedPublications) => {
+      const rejected: ReimageError[] = [];
+      return readServerlessPolicy(
+        { location: folder, publicKey: admin.publicPem },
+        { guid: pc1.id, name: 'pc-1' },
+        () => new Date(at),
+        { onRejected: (e) => rejected.push(e), ...(accepted ? { accepted } : {}) },
+      ).then((policy) => ({ names: policy.advertisements.map((a) => a.name), rejected }));
+    };
+
+    // Valid for 10 days: read on day 5, refused on day 11.
+    await publish(T1, 10 * day);
+    assert.deepEqual((await read(T1 + 5 * day)).names, ['srvless-ad']);
+    const expired = await read(T1 + 11 * day);
+    assert.deepEqual(expired.names, []);
+    assert.equal(expired.rejected[0]?.code, 'PUBLICATION_STALE');
+    assert.match(expired.rejected[0]!.message, /expired at 2026-03-11T00:00:00.000Z/);
+
+    // The default is 90 days; "never" (null) writes no expiry.
+    await publish(T1);
+    const withDefault = JSON.parse(readFileSync(join(folder, rel), 'utf8')) as {
+      expiresAt: string;
+    };
+    assert.equal(withDefault.expiresAt, new Date(T1 + 90 * day).toISOString());
+    await publish(T1, null);
+    const old = {
+      doc: readFileSync(join(folder, rel)),
+      sig: readFileSync(join(folder, `${rel}.sig`)),
+    };
+    assert.equal('expiresAt' in JSON.parse(old.doc.toString('utf8')), false);
+
+    // A machine that accepted the copy of day 20 refuses the copy of day 0 put back.
+    const memory = acceptedPublicationsFile(join(work, `${server.kind}-accepted.json`));
+    assert.deepEqual((await read(T1 + day, memory)).names, ['srvless-ad']);
+    await publish(T1 + 20 * day, null);
+    assert.deepEqual((await read(T1 + 21 * day, memory)).names, ['srvless-ad']);
+    assert.equal(memory.get(publication.advertisement.id), new Date(T1 + 20 * day).toISOString());
+    writeFileSync(join(folder, rel), old.doc);
+    writeFileSync(join(folder, `${rel}.sig`), old.sig);
+    const replayed = await read(T1 + 22 * day, memory);
+    assert.deepEqual(replayed.names, []);
+    assert.equal(replayed.rejected[0]?.code, 'PUBLICATION_STALE');
+    assert.match(replayed.rejected[0]!.message, /a replay/);
+    // The memory survives a restart (it is a file in the kept area).
+    const again = await read(
+      T1 + 22 * day,
+      acceptedPublicationsFile(join(work, `${server.kind}-accepted.json`)),
+    );
+    assert.deepEqual(again.names, []);
+    // A machine with no memory of the newer copy takes the old one: the expiry is what bounds it.
+    assert.deepEqual((await read(T1 + 22 * day)).names, ['srvless-ad']);
   });
 
   test('the folder served by nginx works over http too', { skip: nginxSkip() }, async () => {

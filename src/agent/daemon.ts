@@ -30,6 +30,7 @@ import { appliedImageId, collectInventory, writeAppliedImage } from './inventory
 import { agentVersion } from './main.js';
 import { Outbox, PermanentRefusal } from './outbox.js';
 import { ServerlessConnection } from './serverless-connection.js';
+import { acceptedPublicationsFile } from './serverless.js';
 import type { OutboxEntry, SendBatch, StatusMessage } from './outbox.js';
 import type { Platform } from './platform.js';
 
@@ -228,7 +229,11 @@ class Daemon {
             ...(applied ? { appliedImageId: applied } : {}),
           };
         },
-        { onRejected: (e) => this.rejected.push(e), now: this.now },
+        {
+          onRejected: (e) => this.rejected.push(e),
+          now: this.now,
+          accepted: acceptedPublicationsFile(join(this.k.kept, 'serverless-accepted.json')),
+        },
       );
     }
     return new AgentServerClient({

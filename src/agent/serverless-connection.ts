@@ -9,6 +9,7 @@ import { ReimageError } from '../errors.js';
 import type { ClientConfig } from './config.js';
 import type { AgentConnection } from './daemon.js';
 import {
+  type AcceptedPublications,
   dropFolderOf,
   dropFolderSender,
   readServerlessPolicy,
@@ -33,6 +34,8 @@ export class ServerlessConnection implements AgentConnection {
       /** Each published file left out (bad signature, malformed); never deployed. */
       onRejected: (e: ReimageError) => void;
       now?: () => Date;
+      /** What the machine accepted before (an older copy put back is a replay). */
+      accepted?: AcceptedPublications;
     },
   ) {
     const m = machine();
@@ -51,6 +54,7 @@ export class ServerlessConnection implements AgentConnection {
   policy(): Promise<MachinePolicy> {
     return readServerlessPolicy(this.cfg, this.machine(), this.opts.now, {
       onRejected: this.opts.onRejected,
+      ...(this.opts.accepted ? { accepted: this.opts.accepted } : {}),
     });
   }
 

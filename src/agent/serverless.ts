@@ -5,6 +5,7 @@ import {
   mkdirSync,
   openSync,
   readdirSync,
+  readFileSync,
   renameSync,
   rmSync,
   writeSync,
@@ -16,6 +17,7 @@ import type { MachinePolicy, PolicyAdvertisement } from '../client/agent-api.js'
 import { openRemote } from '../content/remote.js';
 import { isReimageError, ReimageError } from '../errors.js';
 import { keyIdOf, loadPublicKey } from '../image/library.js';
+import { writeFileAtomic } from './files.js';
 import type { OutboxEntry, SendBatch } from './outbox.js';
 
 /**
@@ -58,6 +60,8 @@ export interface PublishedAdvertisement {
   format: typeof ADVERTISEMENT_FORMAT;
   version: 1;
   publishedAt: string;
+  /** After this time machines ignore the document (absent: never expires). */
+  expiresAt?: string;
   /** The signing key's id (as `reimage key create` prints it). */
   keyId: string;
   advertisement: {
@@ -159,6 +163,41 @@ export interface ServerlessOptions {
    * signed or malformed (default: a line on stderr). Such an advertisement is never deployed.
    */
   onRejected?: (e: ReimageError) => void;
+  /**
+   * The newest `publishedAt` the machine has accepted per advertisement id (kept across
+   * reboots and the wipe): an older copy put back on the share is a replay, left out.
+   */
+  accepted?: AcceptedPublications;
+}
+
+/** The machine's memory of what it accepted from a serverless location. */
+export interface AcceptedPublications {
+  get(advertisementId: string): string | undefined;
+  set(advertisementId: string, publishedAt: string): void;
+}
+
+/** {@link AcceptedPublications} in a JSON file (the daemon's is in the kept area). */
+export function acceptedPublicationsFile(path: string): AcceptedPublications {
+  const load = (): Record<string, string> => {
+    try {
+      const v: unknown = JSON.parse(readFileSync(path, 'utf8'));
+      return isObject(v) ? (v as Record<string, string>) : {};
+    } catch {
+      return {};
+    }
+  };
+  return {
+    get: (id) => {
+      const v = load()[id];
+      return typeof v === 'string' ? v : undefined;
+    },
+    set: (id, publishedAt) => {
+      const all = load();
+      if (all[id] === publishedAt) return;
+      all[id] = publishedAt;
+      writeFileAtomic(path, `${JSON.stringify(all, null, 2)}\n`, 0o644);
+    },
+  };
 }
 
 const isObject = (v: unknown): v is Record<string, unknown> =>
@@ -166,7 +205,15 @@ const isObject = (v: unknown): v is Record<string, unknown> =>
 
 /** A published file that is left out (reported), as against a location that cannot be read (thrown). */
 const isRejection = (e: unknown): e is ReimageError =>
-  isReimageError(e, 'PUBLICATION_SIGNATURE_INVALID') || isReimageError(e, 'PUBLICATION_INVALID');
+  isReimageError(e, 'PUBLICATION_SIGNATURE_INVALID') ||
+  isReimageError(e, 'PUBLICATION_INVALID') ||
+  isReimageError(e, 'PUBLICATION_STALE');
+
+function stale(what: string, why: string): ReimageError {
+  return new ReimageError('PUBLICATION_STALE', `${what}: ${why}; it is ignored`, {
+    details: { file: what },
+  });
+}
 
 function malformed(what: string, why: string): ReimageError {
   return new ReimageError('PUBLICATION_INVALID', `${what}: ${why}; it is ignored`, {
@@ -199,6 +246,13 @@ function parseAdvertisement(bytes: Buffer, name: string, what: string): Publishe
     throw malformed(what, 'its package has no image id');
   if (!isObject(targets) || !Array.isArray(targets.machines))
     throw malformed(what, 'it has no targets');
+  if (typeof doc.publishedAt !== 'string' || Number.isNaN(Date.parse(doc.publishedAt)))
+    throw malformed(what, 'it has no publication time');
+  if (
+    doc.expiresAt !== undefined &&
+    (typeof doc.expiresAt !== 'string' || Number.isNaN(Date.parse(doc.expiresAt)))
+  )
+    throw malformed(what, 'its expiry is not a time');
   return doc as unknown as PublishedAdvertisement;
 }
 
@@ -300,6 +354,17 @@ export async function readServerlessPolicy(
       if (bytes.length > MAX_DOCUMENT) throw malformed(rel, `larger than ${MAX_DOCUMENT} bytes`);
       checkPublished('advertisement', bytes, await read(rel + SIGNATURE_SUFFIX), trusted, rel);
       const doc = parseAdvertisement(bytes, name, rel);
+      // Signed is not enough: an old signed copy put back on the share (or a copy past its
+      // time) must not deploy again.
+      if (doc.expiresAt !== undefined && Date.parse(doc.expiresAt) <= at.getTime())
+        throw stale(rel, `it expired at ${doc.expiresAt} (publish it again)`);
+      const seen = opts.accepted?.get(doc.advertisement.id);
+      if (seen !== undefined && Date.parse(doc.publishedAt) < Date.parse(seen))
+        throw stale(
+          rel,
+          `published at ${doc.publishedAt}, before the copy this machine already accepted (${seen}): an older copy put back (a replay)`,
+        );
+      opts.accepted?.set(doc.advertisement.id, doc.publishedAt);
       const target = targetOf(doc, machine);
       if (!target) continue;
       const schedule = (isObject(doc.advertisement.schedule) ? doc.advertisement.schedule : {}) as {

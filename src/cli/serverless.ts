@@ -37,6 +37,7 @@ import { openRemote, type RemoteStore } from '../content/remote.js';
 import { replicateImage, type ReplicateResult } from '../content/replicate.js';
 import { isReimageError, ReimageError } from '../errors.js';
 import { keyIdOf, loadPrivateKey } from '../image/library.js';
+import { parseDuration } from '../agent/daemon-policy.js';
 import { createPublicKey } from 'node:crypto';
 
 /** What GET /api/v1/advertisements/:ref/publication answers (src/server/routes/publication.ts). */
@@ -74,14 +75,21 @@ export interface PublishOptions {
   allMachines?: boolean;
   /** More targets: machine GUIDs or names (machines that never enrolled are known by name). */
   machines?: string[];
+  /** How long machines accept the document (default 90 days; null: it never expires). */
+  validForMs?: number | null;
   now?: () => Date;
 }
+
+/** `--valid-for` when not given: a copy put back on the share after this is refused anyway. */
+export const DEFAULT_VALID_FOR = '90d';
 
 export interface PublishResult {
   /** The document written, store-relative. */
   document: string;
   targets: number;
   allMachines: boolean;
+  /** When machines stop accepting it (absent: never). */
+  expiresAt?: string;
   copy: ReplicateResult;
   /** The PE image's copy (absent when the server found no PE: machines then refuse the advertisement). */
   peCopy?: ReplicateResult;
@@ -127,10 +135,13 @@ export function publishedDocument(o: PublishOptions): Buffer {
     if (!known)
       targets.push(GUID.test(t) ? { id: t.toLowerCase(), wave: 1 } : { name: t, wave: 1 });
   }
+  const now = (o.now ?? (() => new Date()))();
+  const validFor = o.validForMs === undefined ? parseDuration(DEFAULT_VALID_FOR)! : o.validForMs;
   const doc: PublishedAdvertisement = {
     format: ADVERTISEMENT_FORMAT,
     version: 1,
-    publishedAt: (o.now ?? (() => new Date()))().toISOString(),
+    publishedAt: now.toISOString(),
+    ...(validFor !== null ? { expiresAt: new Date(now.getTime() + validFor).toISOString() } : {}),
     keyId: keyIdOf(createPublicKey(o.key)),
     advertisement: p.advertisement,
     package: p.package,
@@ -205,6 +216,7 @@ export async function publishAdvertisement(o: PublishOptions): Promise<PublishRe
     document: rel,
     targets: doc.targets.machines.length,
     allMachines: doc.targets.allMachines,
+    ...(doc.expiresAt ? { expiresAt: doc.expiresAt } : {}),
     copy,
     ...(peCopy ? { peCopy } : {}),
     from,
@@ -256,6 +268,7 @@ interface PublishFlags extends ConnectionOptions {
   from?: string[];
   allMachines?: boolean;
   machine?: string[];
+  validFor?: string;
   json?: boolean;
 }
 
@@ -299,8 +312,22 @@ export function registerServerlessCommands(
           '--all-machines',
           'for every machine that reads the folder, not only the collection',
         )
-        .option('--machine <guid-or-name>', 'also for this machine; repeatable', collect),
+        .option('--machine <guid-or-name>', 'also for this machine; repeatable', collect)
+        .option(
+          '--valid-for <duration>',
+          `how long machines accept it, e.g. "30d", or "never" (default ${DEFAULT_VALID_FOR}); publish again to extend`,
+        ),
     async (api, r, o) => {
+      let validForMs: number | null | undefined;
+      if (o.validFor === 'never') validForMs = null;
+      else if (o.validFor !== undefined) {
+        validForMs = parseDuration(o.validFor);
+        if (validForMs === undefined || validForMs === 0)
+          throw new ReimageError(
+            'INVALID_ARGUMENT',
+            `--valid-for ${JSON.stringify(o.validFor)}: give a duration such as "30d", "12h" or "90d6h", or "never"`,
+          );
+      }
       if (!existsSync(o.key))
         throw new ReimageError('INVALID_ARGUMENT', `--key ${o.key}: no such file`);
       const key = loadPrivateKey(readFileSync(o.key), o.key);
@@ -330,10 +357,11 @@ export function registerServerlessCommands(
         key,
         ...(o.allMachines ? { allMachines: true } : {}),
         ...(o.machine ? { machines: o.machine } : {}),
+        ...(validForMs !== undefined ? { validForMs } : {}),
       });
       print(o, { published: res }, () => [
         `published ${publication.advertisement.name} to ${resolve(o.to)}/${res.document}`,
-        `  for ${res.allMachines ? 'every machine reading the folder' : `${res.targets} machine(s)`}; image from ${res.from}: ${res.copy.filesCopied} file(s) copied, ${res.copy.filesSkipped} already there`,
+        `  for ${res.allMachines ? 'every machine reading the folder' : `${res.targets} machine(s)`}, ${res.expiresAt ? `until ${res.expiresAt}` : 'with no expiry'}; image from ${res.from}: ${res.copy.filesCopied} file(s) copied, ${res.copy.filesSkipped} already there`,
         publication.pe
           ? `  PE ${publication.pe.name} (${publication.pe.imageId.slice(0, 12)}): ${res.peCopy?.filesCopied ?? 0} file(s) copied, ${res.peCopy?.filesSkipped ?? 0} already there`
           : '  warning: the server found no PE image for this package: machines will refuse to deploy it (register a PE image and publish again)',
