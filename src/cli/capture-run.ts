@@ -54,6 +54,8 @@ export interface CaptureExtras {
   signKey?: KeyObject;
   sourceMachine?: string;
   parent?: string;
+  /** With `parent`: store delta chunks against it (default true). */
+  deltas?: boolean;
   skipUnreadable?: boolean;
   oneFileSystem?: boolean;
   /** Where temporary stores go (default: the OS's temporary folder). */
@@ -121,6 +123,7 @@ function captureOptions(
     oneFileSystem: extras.oneFileSystem,
     skipUnreadable: extras.skipUnreadable,
     parent: extras.parent,
+    ...(extras.deltas === false ? { deltas: false } : {}),
     signKey: extras.signKey,
     sourceMachine: extras.sourceMachine,
     workers: extras.workers,

@@ -358,7 +358,9 @@ class Fetch {
       const loc = this.known.getByKey(k);
       if (loc) packs.add(this.known.packs[loc.pack]!);
     }
-    const localRecord = { ...record, packs: [...packs].sort() };
+    // Delta packs stay on the DPs: the local record lists only what the local store holds.
+    const { deltas: _deltas, ...rest } = record;
+    const localRecord = { ...rest, packs: [...packs].sort() };
     // Manifest before record, as a capture writes them: a record always has its manifest.
     this.into.writeObject('manifests', `${this.id}.zst`, z);
     this.into.writeObject('images', `${this.id}.json`, JSON.stringify(localRecord, null, 2) + '\n');
