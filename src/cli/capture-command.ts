@@ -273,11 +273,17 @@ export function registerCaptureCommand(image: Command, deps: { env: Env }): void
           destination: res.where,
           ...(res.copied ? { copied: res.copied } : {}),
           ...(res.uploaded ? { uploaded: res.uploaded } : {}),
+          ...(res.deltas ? { deltas: res.deltas } : {}),
         },
         () => [
           ...summary(res.record, [plan.name]),
           `stored:       ${formatBytes(res.storedBytes)} new in the store${res.created ? '' : ' (identical tree was already there)'}`,
           `stored in:    ${res.where}`,
+          ...(res.deltas
+            ? [
+                `deltas:       ${res.deltas.chunks} chunks as ${formatBytes(res.deltas.bytes)} of deltas against the parent (${(res.deltas.ms / 1000).toFixed(1)} s)`,
+              ]
+            : []),
           ...(res.copied
             ? [`copied:       ${res.copied.files} files, ${formatBytes(res.copied.bytes)}`]
             : []),

@@ -1,3 +1,4 @@
+import type { DeltaResult } from '../image/delta-capture.js';
 import {
   closeSync,
   createReadStream,
@@ -75,6 +76,8 @@ export interface CaptureOutcome {
   where: string;
   /** Bytes the capture wrote to its store (new chunks). */
   storedBytes: number;
+  /** Delta chunks stored against the parent (folder destinations with a parent). */
+  deltas?: DeltaResult;
   /** Files and bytes copied to the share (only what it lacked). */
   copied?: { files: number; bytes: number };
   /** Chunks and bytes sent to the server (only what its library lacked). */
@@ -154,6 +157,7 @@ async function captureToFolder(
       warnings: res.warnings,
       where: `folder ${store.root}`,
       storedBytes: res.record.stats.storedBytes,
+      ...(res.deltas ? { deltas: res.deltas } : {}),
     };
   } catch (e) {
     // The capture removed its temporary packs; a store made for it goes too.

@@ -19,7 +19,7 @@ import {
   type DeltaEntry,
   type DeltaIndex,
 } from './delta.js';
-import { decompressBounded, FrameBuilder, MAX_FRAME_RAW } from './pack.js';
+import { decodeIndex, decompressBounded, FrameBuilder, MAX_FRAME_RAW } from './pack.js';
 import type { RemoteStore } from './remote.js';
 import { PackReader, type ChunkIndex, type ContentStore } from './store.js';
 
@@ -88,6 +88,86 @@ export function referencedChunks(set: DeltaSet, wanted: (key: string) => boolean
     }
   }
   return refs;
+}
+
+export interface DeltaPlan {
+  /** Chunks to take from the delta packs. */
+  chosen: Set<string>;
+  /** Pack indexes read to plan, by `${source name}\0${pack}`: `fetchImage` reuses them. */
+  indexCache: Map<string, Buffer>;
+  bytesDownloaded: number;
+  /** Frames (and their bytes) that the chosen deltas replace. */
+  framesReplaced: number;
+  frameBytesReplaced: number;
+}
+
+/**
+ * Which missing chunks to take from the delta packs. A frame of the packs is fetched whole as
+ * soon as one of its chunks is missing, so a delta saves nothing unless every missing chunk of
+ * that frame can come from the delta packs (a delta whose reference chunks are all local, or
+ * a chunk stored alone): then the frame's missing chunks are taken from there when that is
+ * fewer bytes than the frame. Reads the image's pack indexes (once; `fetchImage` reuses them).
+ */
+export async function planDeltas(opts: {
+  sources: RemoteStore[];
+  packs: string[];
+  set: DeltaSet;
+  into: ContentStore;
+  needed: Set<string>;
+  signal?: AbortSignal | undefined;
+}): Promise<DeltaPlan> {
+  const plan: DeltaPlan = {
+    chosen: new Set(),
+    indexCache: new Map(),
+    bytesDownloaded: 0,
+    framesReplaced: 0,
+    frameBytesReplaced: 0,
+  };
+  const known = opts.into.loadIndex();
+  const usable = new Map<string, DeltaEntry>();
+  for (const k of opts.needed) {
+    if (known.getByKey(k)) continue;
+    for (const { index } of opts.set.packs) {
+      const e = index.entries.get(k);
+      if (e && refsOf(index, e).every((r) => known.has(r))) {
+        usable.set(k, e);
+        break;
+      }
+    }
+  }
+  if (usable.size === 0) return plan;
+  for (const pack of opts.packs) {
+    let frames: Map<number, { length: number; keys: string[] }> | undefined;
+    for (const s of opts.sources) {
+      try {
+        const buf = await s.readFile(`packs/${pack.slice(0, 2)}/${pack}.idx`, {
+          signal: opts.signal,
+        });
+        plan.bytesDownloaded += buf.length;
+        const f = new Map<number, { length: number; keys: string[] }>();
+        decodeIndex(buf, Number.MAX_SAFE_INTEGER, pack, (hash, fo, fl) => {
+          let x = f.get(fo);
+          if (!x) f.set(fo, (x = { length: fl, keys: [] }));
+          x.keys.push(hashKey(hash));
+        });
+        plan.indexCache.set(`${s.name}\0${pack}`, buf);
+        frames = f;
+        break;
+      } catch (e) {
+        if (isReimageError(e, 'CANCELLED') || opts.signal?.aborted) throw cancelled(opts.signal);
+      }
+    }
+    for (const f of frames?.values() ?? []) {
+      const miss = f.keys.filter((k) => opts.needed.has(k) && !known.getByKey(k));
+      if (miss.length === 0 || !miss.every((k) => usable.has(k))) continue;
+      const cost = miss.reduce((n, k) => n + usable.get(k)!.deltaLength, 0);
+      if (cost >= f.length) continue;
+      for (const k of miss) plan.chosen.add(k);
+      plan.framesReplaced++;
+      plan.frameBytesReplaced += f.length;
+    }
+  }
+  return plan;
 }
 
 function cancelled(signal: AbortSignal | undefined): ReimageError {

@@ -28,6 +28,8 @@ import { writeAll, writeAtomic, type ContentStore } from './store.js';
  *     seq[nseq]   := u32le(n) digest[32]×n           runs of old chunk digests
  *     entry[count] := chunk-digest[32] u32le(chunk length) u64le(offset) u32le(delta length)
  *                     u32le(seq) u32le(first) u32le(n)   reference = seq[first .. first+n)
+ *   n = 0: no reference, the frame is the chunk compressed alone (so that a reader can take
+ *   every new chunk of a frame from the delta pack, instead of the whole frame).
  *     sha256(everything before)[32]
  *   entries sorted by chunk digest, one per chunk.
  *
@@ -155,7 +157,6 @@ export function decodeDeltaIndex(buf: Buffer, name: string): DeltaIndex {
       e.deltaLength === 0 ||
       e.deltaLength > MAX_DELTA_BYTES ||
       !seq ||
-      e.count === 0 ||
       e.count > MAX_REF_CHUNKS ||
       e.first + e.count > seq.length / HASH_BYTES
     )
@@ -208,7 +209,7 @@ export function applyDelta(
   if (size !== length)
     throw new ReimageError('CHUNK_CORRUPT', `a delta claims ${size} bytes, not ${length}`);
   const out = Buffer.allocUnsafe(length);
-  const n = dctx.decompressUsingDict(out, delta, ref);
+  const n = ref.length ? dctx.decompressUsingDict(out, delta, ref) : dctx.decompress(out, delta);
   if (n !== length) throw new ReimageError('CHUNK_CORRUPT', 'a delta is short');
   return out;
 }

@@ -52,6 +52,11 @@ export interface FetchOptions {
   head?: ImageHead;
   signal?: AbortSignal;
   onProgress?: (p: FetchProgress) => void;
+  /**
+   * Pack indexes already read (by `${source name}\0${pack}`, e.g. by `planDeltas`): used
+   * instead of reading them again; checked the same way.
+   */
+  indexCache?: Map<string, Buffer>;
   /** Compressed bytes asked for in one range read (default 8 MiB): bounds memory. */
   batchBytes?: number;
   /** Sources that work on one pack at the same time (default 3). */
@@ -481,10 +486,13 @@ class Fetch {
     const key = `${source.name}\0${pack}`;
     const cached = this.indexes.get(key);
     if (cached) return cached;
-    const idx = await source.readFile(`packs/${pack.slice(0, 2)}/${pack}.idx`, {
-      signal: this.signal,
-    });
-    this.bytesDownloaded += idx.length;
+    let idx = this.opts.indexCache?.get(key);
+    if (!idx) {
+      idx = await source.readFile(`packs/${pack.slice(0, 2)}/${pack}.idx`, {
+        signal: this.signal,
+      });
+      this.bytesDownloaded += idx.length;
+    }
     const frames = new Map<number, FrameWant>();
     const frameOf = new Map<string, FrameWant>();
     // The remote pack's size is not known without another round trip; a frame beyond

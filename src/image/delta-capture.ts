@@ -30,8 +30,12 @@ const FRAME_CACHE = 6;
 export interface DeltaResult {
   /** The delta pack written (undefined: no delta was worth keeping). */
   id: string | undefined;
+  /** Entries of the delta pack: chunks as deltas, and chunks compressed alone (`alone`). */
+  entries: number;
+  /** Of the deltas: those under 70 % of the chunk compressed alone. */
   chunks: number;
-  /** Bytes of the kept deltas, and of the same chunks compressed alone. */
+  alone: number;
+  /** Bytes of the delta pack's entries, and of the same chunks compressed alone. */
   bytes: number;
   plainBytes: number;
   /** Chunks tried. */
@@ -68,7 +72,16 @@ export function computeDeltas(opts: DeltaOptions): DeltaResult {
   const level = opts.level ?? 3;
   const { known } = opts;
   const writer = new DeltaPackWriter(opts.store);
-  const res: DeltaResult = { id: undefined, chunks: 0, bytes: 0, plainBytes: 0, tried: 0, ms: 0 };
+  const res: DeltaResult = {
+    id: undefined,
+    entries: 0,
+    chunks: 0,
+    alone: 0,
+    bytes: 0,
+    plainBytes: 0,
+    tried: 0,
+    ms: 0,
+  };
   const cctx = new zstd.CCtx();
   const dctx = new zstd.DCtx();
   const dz = new Decompressor();
@@ -98,12 +111,13 @@ export function computeDeltas(opts: DeltaOptions): DeltaResult {
     const data = raw.subarray(loc.offset, loc.offset + loc.length);
     return hashKey(sha256(data)) === hashKey(digests, i * 32) ? data : undefined;
   };
+  const renamed = new RenamedFiles(opts.parent);
   try {
     for (const e of opts.entries) {
       if (opts.signal?.aborted) break;
       if (e.type !== 'file' || !e.chunks || !e.lengths || e.segments || e.lengths.length === 0)
         continue;
-      const p = opts.parent.get(e.path.toString('latin1'));
+      const p = opts.parent.get(e.path.toString('latin1')) ?? renamed.find(e);
       if (!p?.chunks || !p.lengths || p.lengths.length === 0) continue;
       if (p.chunks.equals(e.chunks)) continue;
       const fresh: number[] = [];
@@ -163,7 +177,6 @@ export function computeDeltas(opts: DeltaOptions): DeltaResult {
             refBytes += p.lengths[b]!;
             b++;
           }
-          if (b === a) continue;
           for (const i of cache.keys()) if (i < a) cache.delete(i);
           const parts: Buffer[] = [];
           for (let i = a; i < b; i++) {
@@ -175,33 +188,50 @@ export function computeDeltas(opts: DeltaOptions): DeltaResult {
             }
             parts.push(d);
           }
-          if (parts.length !== b - a) continue;
           res.tried++;
-          const ref = Buffer.concat(parts);
-          const plain = cctx.compress(plainBuf, chunk, level);
-          const delta = makeDelta(cctx, dctx, chunk, ref, level);
-          if (!delta || delta.length >= DELTA_KEEP_RATIO * plain) continue;
-          pending.push({
-            hash: e.chunks.subarray(c * 32, c * 32 + 32),
-            length: len,
-            delta,
-            first: a,
-            count: b - a,
-          });
-          res.plainBytes += plain;
+          const plainLen = cctx.compress(plainBuf, chunk, level);
+          const plain = Buffer.from(plainBuf.subarray(0, plainLen));
+          res.plainBytes += plainLen;
+          const delta =
+            b > a && parts.length === b - a
+              ? makeDelta(cctx, dctx, chunk, Buffer.concat(parts), level)
+              : undefined;
+          // Every new chunk of the file gets an entry: its delta when smaller, else the chunk
+          // compressed alone (no reference). A reader then takes a frame's new chunks from
+          // here or the frame, whichever is smaller (docs/content-store.md).
+          if (delta && delta.length < plainLen) {
+            pending.push({
+              hash: e.chunks.subarray(c * 32, c * 32 + 32),
+              length: len,
+              delta,
+              first: a,
+              count: b - a,
+            });
+            if (delta.length < DELTA_KEEP_RATIO * plainLen) res.chunks++;
+          } else {
+            pending.push({
+              hash: e.chunks.subarray(c * 32, c * 32 + 32),
+              length: len,
+              delta: plain,
+              first: a,
+              count: 0,
+            });
+            res.alone++;
+          }
+          res.bytes += pending[pending.length - 1]!.delta.length;
         }
       } finally {
         closeSync(fd);
       }
       if (pending.length === 0) continue;
       // One run of the parent's digests per file, trimmed to what the deltas use.
-      const lo = Math.min(...pending.map((d) => d.first));
-      const hi = Math.max(...pending.map((d) => d.first + d.count));
+      const used = pending.filter((d) => d.count > 0);
+      const lo = used.length ? Math.min(...used.map((d) => d.first)) : 0;
+      const hi = used.length ? Math.max(...used.map((d) => d.first + d.count)) : 0;
       const seq = writer.addSeq(Buffer.from(p.chunks.subarray(lo * 32, hi * 32)));
       for (const d of pending) {
-        writer.add(d.hash, d.length, d.delta, seq, d.first - lo, d.count);
-        res.chunks++;
-        res.bytes += d.delta.length;
+        writer.add(d.hash, d.length, d.delta, seq, d.count ? d.first - lo : 0, d.count);
+        res.entries++;
       }
     }
     if (opts.signal?.aborted) {
@@ -217,4 +247,61 @@ export function computeDeltas(opts: DeltaOptions): DeltaResult {
   }
   res.ms = Date.now() - t0;
   return res;
+}
+
+/**
+ * The parent's file that a new file whose path the parent lacks was probably renamed from: a
+ * file of the same folder whose name differs only in digit runs and at most one word
+ * (`libzstd.so.1.5.4` → `libzstd.so.1.5.7`, `…_dists_bookworm_main_…_Packages` →
+ * `…_dists_trixie_main_…_Packages`), the closest in size. Seeding finds the same old files
+ * (docs/transfer.md, renamed files), so the reference chunks are there on the machine.
+ */
+class RenamedFiles {
+  private byDir: Map<string, Entry[]> | undefined;
+
+  constructor(private readonly parent: Map<string, Entry>) {}
+
+  find(e: Entry): Entry | undefined {
+    if (!this.byDir) {
+      this.byDir = new Map();
+      for (const [path, entry] of this.parent) {
+        const dir = path.slice(0, Math.max(0, path.lastIndexOf('/')));
+        let list = this.byDir.get(dir);
+        if (!list) this.byDir.set(dir, (list = []));
+        list.push(entry);
+      }
+    }
+    const path = e.path.toString('latin1');
+    const slash = path.lastIndexOf('/');
+    const name = path.slice(slash + 1);
+    const shape = nameShape(name);
+    let best: Entry | undefined;
+    for (const c of this.byDir.get(path.slice(0, Math.max(0, slash))) ?? []) {
+      const cname = c.path.toString('latin1').slice(slash + 1);
+      if (!sameShape(shape, nameShape(cname))) continue;
+      if (!best || Math.abs(c.size - e.size) < Math.abs(best.size - e.size)) best = c;
+    }
+    return best;
+  }
+}
+
+/** A name's words and, between them, the rest with digit runs as one wildcard. */
+function nameShape(name: string): { words: string[]; rest: string[] } {
+  const parts = name.split(/([A-Za-z]+)/);
+  const words: string[] = [];
+  const rest: string[] = [];
+  parts.forEach((x, i) => (i % 2 ? words : rest).push(i % 2 ? x : x.replace(/[0-9]+/g, '0')));
+  return { words, rest };
+}
+
+function sameShape(
+  a: { words: string[]; rest: string[] },
+  b: { words: string[]; rest: string[] },
+): boolean {
+  if (a.words.length !== b.words.length || a.rest.length !== b.rest.length) return false;
+  if (a.rest.some((x, i) => x !== b.rest[i])) return false;
+  let differ = 0;
+  for (let i = 0; i < a.words.length; i++) if (a.words[i] !== b.words[i]) differ++;
+  // One word may change, but not the only word of a name (`a.txt` is not `b.txt`).
+  return differ === 0 || (differ === 1 && a.words.length >= 3);
 }

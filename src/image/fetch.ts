@@ -17,6 +17,7 @@ import { hashKey } from '../content/digest.js';
 import {
   deltaPacksOf,
   fetchDeltas,
+  planDeltas,
   readDeltaIndexes,
   referencedChunks,
   type DeltaFetchResult,
@@ -51,7 +52,14 @@ export interface SeededFetchResult extends FetchResult {
    * Chunks rebuilt from delta chunks (undefined: the image has none, or nothing local to
    * rebuild from). Their bytes, and the delta indexes', are in `bytesDownloaded`.
    */
-  deltas: (DeltaFetchResult & { indexBytes: number }) | undefined;
+  deltas:
+    | (DeltaFetchResult & {
+        indexBytes: number;
+        /** Frames of the packs not fetched because deltas replaced them, and their bytes. */
+        framesReplaced: number;
+        frameBytesReplaced: number;
+      })
+    | undefined;
 }
 
 /**
@@ -93,17 +101,40 @@ export async function fetchImageSeeded(opts: SeededFetchOptions): Promise<Seeded
     });
   }
   let deltas: SeededFetchResult['deltas'];
+  let indexCache: Map<string, Buffer> | undefined;
+  let planBytes = 0;
   if (deltaSet) {
-    const d = await fetchDeltas({
-      into: opts.into,
+    const plan = await planDeltas({
+      sources: opts.sources,
+      packs: head.record.packs,
       set: deltaSet,
+      into: opts.into,
       needed: needed!,
       signal: opts.signal,
     });
-    deltas = { ...d, indexBytes: deltaSet.bytesDownloaded };
+    indexCache = plan.indexCache;
+    planBytes = plan.bytesDownloaded;
+    const d = await fetchDeltas({
+      into: opts.into,
+      set: deltaSet,
+      needed: plan.chosen,
+      signal: opts.signal,
+    });
+    deltas = {
+      ...d,
+      indexBytes: deltaSet.bytesDownloaded,
+      framesReplaced: plan.framesReplaced,
+      frameBytesReplaced: plan.frameBytesReplaced,
+    };
   }
-  const r = await fetchImage({ ...opts, head, chunksOf: chunksOfManifest });
-  const extra = deltas ? deltas.indexBytes + deltas.bytesDownloaded : 0;
+  const r = await fetchImage({
+    ...opts,
+    head,
+    chunksOf: chunksOfManifest,
+    ...(indexCache ? { indexCache } : {}),
+  });
+  // Pack indexes read to plan count once (fetchImage reused them).
+  const extra = deltas ? deltas.indexBytes + deltas.bytesDownloaded + planBytes : 0;
   return { ...r, bytesDownloaded: r.bytesDownloaded + extra, seed, deltas };
 }
 
