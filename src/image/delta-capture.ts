@@ -23,6 +23,8 @@ import type { Entry } from './manifest.js';
  * 2.5× the time.
  */
 export const DELTA_WINDOW = 1024 * 1024;
+/** Windows move by this much: chunks whose positions fall in one step share a reference. */
+export const DELTA_STEP = 256 * 1024;
 /** A delta is kept when it is smaller than this share of the chunk compressed alone. */
 export const DELTA_KEEP_RATIO = 0.7;
 const FRAME_CACHE = 6;
@@ -142,6 +144,7 @@ export function computeDeltas(opts: DeltaOptions): DeltaResult {
         continue;
       }
       const cache = new Map<number, Buffer>();
+      let dict: { a: number; b: number; ref: Buffer; cdict: zstd.CDict } | undefined;
       const pending: Pending[] = [];
       try {
         for (const c of fresh) {
@@ -160,10 +163,11 @@ export function computeDeltas(opts: DeltaOptions): DeltaResult {
           // The file changed since it was read: no delta for what we cannot check.
           if (got !== len || hashKey(sha256(chunk)) !== hashKey(e.chunks, c * 32)) continue;
           const center = Math.floor((newStart[c]! * oldLen) / newLen);
-          // Snapping to old chunks adds about one average chunk on each side.
-          const half = Math.max(0, (window - len) / 2 - CHUNK_AVG / 2);
-          const lo = center - half;
-          const hi = center + len + half;
+          // The window is placed by steps of DELTA_STEP, so that neighbouring chunks share
+          // one reference and its prepared dictionary (building it is most of the cost).
+          const q = Math.floor(center / DELTA_STEP) * DELTA_STEP;
+          const lo = q + DELTA_STEP / 2 - window / 2 + CHUNK_AVG / 2;
+          const hi = q + DELTA_STEP / 2 + window / 2 - CHUNK_AVG / 2;
           let a = 0;
           while (a < p.lengths.length - 1 && oldStart[a + 1]! <= lo) a++;
           let b = a;
@@ -177,25 +181,29 @@ export function computeDeltas(opts: DeltaOptions): DeltaResult {
             refBytes += p.lengths[b]!;
             b++;
           }
-          for (const i of cache.keys()) if (i < a) cache.delete(i);
-          const parts: Buffer[] = [];
-          for (let i = a; i < b; i++) {
-            let d = cache.get(i);
-            if (!d) {
-              d = oldChunk(p.chunks, i);
-              if (!d) break;
-              cache.set(i, Buffer.from(d));
-            }
-            parts.push(d);
-          }
           res.tried++;
           const plainLen = cctx.compress(plainBuf, chunk, level);
           const plain = Buffer.from(plainBuf.subarray(0, plainLen));
           res.plainBytes += plainLen;
-          const delta =
-            b > a && parts.length === b - a
-              ? makeDelta(cctx, dctx, chunk, Buffer.concat(parts), level)
-              : undefined;
+          if (!dict || dict.a !== a || dict.b !== b) {
+            dict = undefined;
+            for (const i of cache.keys()) if (i < a) cache.delete(i);
+            const parts: Buffer[] = [];
+            for (let i = a; i < b; i++) {
+              let d = cache.get(i);
+              if (!d) {
+                d = oldChunk(p.chunks, i);
+                if (!d) break;
+                cache.set(i, Buffer.from(d));
+              }
+              parts.push(d);
+            }
+            if (b > a && parts.length === b - a) {
+              const ref = Buffer.concat(parts);
+              dict = { a, b, ref, cdict: new zstd.CDict(ref, level) };
+            }
+          }
+          const delta = dict ? makeDelta(cctx, dctx, chunk, dict.ref, dict.cdict) : undefined;
           // Every new chunk of the file gets an entry: its delta when smaller, else the chunk
           // compressed alone (no reference). A reader then takes a frame's new chunks from
           // here or the frame, whichever is smaller (docs/content-store.md).
