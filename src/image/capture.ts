@@ -237,7 +237,7 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
     let deltas: DeltaResult | undefined;
     if (parent && opts.deltas !== false) {
       meter.setPhase('commit'); // deltas are written as part of the commit
-      deltas = computeDeltas({
+      deltas = await computeDeltas({
         store,
         known,
         source,
@@ -245,6 +245,7 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
         entries: kept,
         signal: opts.signal,
         level: opts.level,
+        workers: opts.workers,
       });
       checkAborted(opts.signal);
     }

@@ -13,6 +13,9 @@ import { DeltaPackWriter, makeDelta, MAX_REF_BYTES, MAX_REF_CHUNKS } from '../co
 import { decompressBounded, MAX_FRAME_RAW } from '../content/pack.js';
 import { CHUNK_AVG } from '../content/chunker.js';
 import { PackReader, type ChunkIndex, type ContentStore } from '../content/store.js';
+import { availableParallelism } from 'node:os';
+import { ReimageError } from '../errors.js';
+import { batch, runPool } from './pool.js';
 import type { Entry } from './manifest.js';
 
 /**
@@ -57,23 +60,217 @@ export interface DeltaOptions {
   signal?: AbortSignal | undefined;
   window?: number;
   level?: number;
+  /** Worker threads (default: one per core). */
+  workers?: number | undefined;
 }
 
-interface Pending {
-  hash: Buffer;
-  length: number;
-  delta: Buffer;
-  first: number;
-  count: number;
+/** The work on one file, as handed to a delta worker. */
+export interface DeltaTask {
+  /** absolute path of the new file */
+  path: Uint8Array;
+  chunks: Uint8Array;
+  lengths: number[];
+  /** indexes of the chunks to make deltas of */
+  fresh: number[];
+  oldChunks: Uint8Array;
+  oldLengths: number[];
+  /** per old chunk: pack number, frame offset, frame length, offset, length (pack -1: absent) */
+  oldLocs: Float64Array;
 }
+
+export interface DeltaFileResult {
+  entries: Array<{
+    hash: Uint8Array;
+    length: number;
+    delta: Uint8Array;
+    first: number;
+    count: number;
+  }>;
+  /** the run of old digests the entries' `first` and `count` refer to */
+  seq: Uint8Array;
+  tried: number;
+  plainBytes: number;
+  chunks: number;
+  alone: number;
+}
+
+export interface DeltaWorkerData {
+  packPaths: string[];
+  window: number;
+  level: number;
+}
+
+/** Makes the deltas of one file at a time (in a worker, or inline for small jobs). */
+export class DeltaMaker {
+  private readonly cctx = new zstd.CCtx();
+  private readonly dctx = new zstd.DCtx();
+  private readonly dz = new Decompressor();
+  private readonly reader: PackReader;
+  private readonly frames = new Map<string, Buffer>();
+  private readonly plainBuf = Buffer.allocUnsafe(zstd.compressBound(16 * 1024 * 1024));
+
+  constructor(private readonly data: DeltaWorkerData) {
+    this.reader = new PackReader(data.packPaths);
+  }
+
+  close(): void {
+    this.reader.close();
+  }
+
+  /** Bytes of old chunk `i` of a task, hashed; undefined when absent or damaged. */
+  private oldChunk(t: DeltaTask, i: number): Buffer | undefined {
+    const l = t.oldLocs;
+    const pack = l[i * 5]!;
+    if (pack < 0) return undefined;
+    const [frameOffset, frameLength, offset, length] = [
+      l[i * 5 + 1]!,
+      l[i * 5 + 2]!,
+      l[i * 5 + 3]!,
+      l[i * 5 + 4]!,
+    ];
+    const fk = `${pack}:${frameOffset}`;
+    let raw = this.frames.get(fk);
+    if (!raw) {
+      try {
+        raw = decompressBounded(
+          this.dz,
+          this.reader.readFrame(pack, frameOffset, frameLength),
+          MAX_FRAME_RAW,
+          'frame',
+        );
+      } catch {
+        return undefined;
+      }
+      if (this.frames.size >= FRAME_CACHE) this.frames.delete(this.frames.keys().next().value!);
+      this.frames.set(fk, raw);
+    }
+    const data = raw.subarray(offset, offset + length);
+    return hashKey(sha256(data)) === hashKey(t.oldChunks, i * 32) ? data : undefined;
+  }
+
+  file(t: DeltaTask): DeltaFileResult {
+    const { window, level } = this.data;
+    const res: DeltaFileResult = {
+      entries: [],
+      seq: new Uint8Array(0),
+      tried: 0,
+      plainBytes: 0,
+      chunks: 0,
+      alone: 0,
+    };
+    const oldStart = [0];
+    for (const l of t.oldLengths) oldStart.push(oldStart[oldStart.length - 1]! + l);
+    const oldLen = oldStart[oldStart.length - 1]!;
+    const newStart = [0];
+    for (const l of t.lengths) newStart.push(newStart[newStart.length - 1]! + l);
+    const newLen = newStart[newStart.length - 1]!;
+    let fd: number;
+    try {
+      fd = openSync(
+        Buffer.from(t.path),
+        constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK,
+      );
+    } catch {
+      return res;
+    }
+    const cache = new Map<number, Buffer>();
+    let dict: { a: number; b: number; ref: Buffer; cdict: zstd.CDict | undefined } | undefined;
+    try {
+      for (const c of t.fresh) {
+        const len = t.lengths[c]!;
+        const chunk = Buffer.allocUnsafe(len);
+        let got = 0;
+        try {
+          while (got < len) {
+            const n = readSync(fd, chunk, got, len - got, newStart[c]! + got);
+            if (n === 0) break;
+            got += n;
+          }
+        } catch {
+          break;
+        }
+        // The file changed since it was read: no delta for what we cannot check.
+        if (got !== len || hashKey(sha256(chunk)) !== hashKey(t.chunks, c * 32)) continue;
+        const center = Math.floor((newStart[c]! * oldLen) / newLen);
+        // The window is placed by steps of DELTA_STEP, so that neighbouring chunks share one
+        // reference (and, from the third chunk on, one prepared dictionary).
+        const q = Math.floor(center / DELTA_STEP) * DELTA_STEP;
+        const lo = q + DELTA_STEP / 2 - window / 2 + CHUNK_AVG / 2;
+        const hi = q + DELTA_STEP / 2 + window / 2 - CHUNK_AVG / 2;
+        let a = 0;
+        while (a < t.oldLengths.length - 1 && oldStart[a + 1]! <= lo) a++;
+        let b = a;
+        let refBytes = 0;
+        while (
+          b < t.oldLengths.length &&
+          (b === a || oldStart[b]! < hi) &&
+          b - a < MAX_REF_CHUNKS &&
+          refBytes + t.oldLengths[b]! <= MAX_REF_BYTES
+        ) {
+          refBytes += t.oldLengths[b]!;
+          b++;
+        }
+        res.tried++;
+        const plainLen = this.cctx.compress(this.plainBuf, chunk, level);
+        res.plainBytes += plainLen;
+        if (!dict || dict.a !== a || dict.b !== b) {
+          dict = undefined;
+          for (const i of cache.keys()) if (i < a) cache.delete(i);
+          const parts: Buffer[] = [];
+          for (let i = a; i < b; i++) {
+            let d = cache.get(i);
+            if (!d) {
+              d = this.oldChunk(t, i);
+              if (!d) break;
+              cache.set(i, Buffer.from(d));
+            }
+            parts.push(d);
+          }
+          if (b > a && parts.length === b - a)
+            dict = { a, b, ref: Buffer.concat(parts), cdict: undefined };
+        } else if (!dict.cdict) {
+          // A second chunk on the same reference: prepare it once for the rest (a CDict
+          // costs about three loads of the raw dictionary).
+          dict.cdict = new zstd.CDict(dict.ref, level);
+        }
+        const delta = dict
+          ? makeDelta(this.cctx, this.dctx, chunk, dict.ref, dict.cdict ?? level)
+          : undefined;
+        // Every new chunk of the file gets an entry: its delta when smaller, else the chunk
+        // compressed alone (no reference). A reader then takes a frame's new chunks from here
+        // or the frame, whichever is smaller (docs/content-store.md).
+        const hash = t.chunks.subarray(c * 32, c * 32 + 32);
+        if (delta && delta.length < plainLen) {
+          res.entries.push({ hash, length: len, delta, first: a, count: b - a });
+          if (delta.length < DELTA_KEEP_RATIO * plainLen) res.chunks++;
+        } else {
+          const plain = Buffer.from(this.plainBuf.subarray(0, plainLen));
+          res.entries.push({ hash, length: len, delta: plain, first: 0, count: 0 });
+          res.alone++;
+        }
+      }
+    } finally {
+      closeSync(fd);
+    }
+    // One run of the parent's digests per file, trimmed to what the deltas use.
+    const used = res.entries.filter((d) => d.count > 0);
+    if (used.length) {
+      const lo = Math.min(...used.map((d) => d.first));
+      const hi = Math.max(...used.map((d) => d.first + d.count));
+      res.seq = t.oldChunks.slice(lo * 32, hi * 32);
+      for (const d of used) d.first -= lo;
+    }
+    return res;
+  }
+}
+
+/** Below this many chunks to try, deltas are made on the main thread. */
+const INLINE_CHUNKS = 64;
 
 /** Computes and stores the deltas of a capture's new chunks against its parent. */
-export function computeDeltas(opts: DeltaOptions): DeltaResult {
+export async function computeDeltas(opts: DeltaOptions): Promise<DeltaResult> {
   const t0 = Date.now();
-  const window = opts.window ?? DELTA_WINDOW;
-  const level = opts.level ?? 3;
   const { known } = opts;
-  const writer = new DeltaPackWriter(opts.store);
   const res: DeltaResult = {
     id: undefined,
     entries: 0,
@@ -84,163 +281,89 @@ export function computeDeltas(opts: DeltaOptions): DeltaResult {
     tried: 0,
     ms: 0,
   };
-  const cctx = new zstd.CCtx();
-  const dctx = new zstd.DCtx();
-  const dz = new Decompressor();
-  const reader = new PackReader(known.packPaths);
-  const frames = new Map<string, Buffer>();
-  const plainBuf = Buffer.allocUnsafe(zstd.compressBound(16 * 1024 * 1024));
-  /** Bytes of a stored chunk, hashed; undefined when absent or damaged. */
-  const oldChunk = (digests: Buffer, i: number): Buffer | undefined => {
-    const loc = known.get(digests, i * 32);
-    if (!loc) return undefined;
-    const fk = `${loc.pack}:${loc.frameOffset}`;
-    let raw = frames.get(fk);
-    if (!raw) {
-      try {
-        raw = decompressBounded(
-          dz,
-          reader.readFrame(loc.pack, loc.frameOffset, loc.frameLength),
-          MAX_FRAME_RAW,
-          'frame',
-        );
-      } catch {
-        return undefined;
-      }
-      if (frames.size >= FRAME_CACHE) frames.delete(frames.keys().next().value!);
-      frames.set(fk, raw);
-    }
-    const data = raw.subarray(loc.offset, loc.offset + loc.length);
-    return hashKey(sha256(data)) === hashKey(digests, i * 32) ? data : undefined;
-  };
+  // The tasks: new chunks of files with a parent file (same path, or renamed).
   const renamed = new RenamedFiles(opts.parent);
+  const planned = new Set<string>();
+  const tasks: DeltaTask[] = [];
+  let todo = 0;
+  for (const e of opts.entries) {
+    if (e.type !== 'file' || !e.chunks || !e.lengths || e.segments || e.lengths.length === 0)
+      continue;
+    const p = opts.parent.get(e.path.toString('latin1')) ?? renamed.find(e);
+    if (!p?.chunks || !p.lengths || p.lengths.length === 0) continue;
+    if (p.chunks.equals(e.chunks)) continue;
+    const fresh: number[] = [];
+    for (let c = 0; c < e.lengths.length; c++) {
+      const k = hashKey(e.chunks, c * 32);
+      if (!known.getByKey(k) && !planned.has(k)) {
+        planned.add(k);
+        fresh.push(c);
+      }
+    }
+    if (fresh.length === 0) continue;
+    const oldLocs = new Float64Array(p.lengths.length * 5);
+    for (let i = 0; i < p.lengths.length; i++) {
+      const loc = known.get(p.chunks, i * 32);
+      oldLocs.set(
+        loc
+          ? [loc.pack, loc.frameOffset, loc.frameLength, loc.offset, loc.length]
+          : [-1, 0, 0, 0, 0],
+        i * 5,
+      );
+    }
+    tasks.push({
+      path: Buffer.concat([Buffer.from(opts.source), Buffer.from('/'), e.path]),
+      chunks: e.chunks,
+      lengths: e.lengths,
+      fresh,
+      oldChunks: p.chunks,
+      oldLengths: p.lengths,
+      oldLocs,
+    });
+    todo += fresh.length;
+  }
+  const data: DeltaWorkerData = {
+    packPaths: known.packPaths,
+    window: opts.window ?? DELTA_WINDOW,
+    level: opts.level ?? 3,
+  };
+  const writer = new DeltaPackWriter(opts.store);
+  const take = (r: DeltaFileResult) => {
+    res.tried += r.tried;
+    res.plainBytes += r.plainBytes;
+    res.chunks += r.chunks;
+    res.alone += r.alone;
+    if (r.entries.length === 0) return;
+    const seq = writer.addSeq(Buffer.from(r.seq));
+    for (const d of r.entries) {
+      writer.add(Buffer.from(d.hash), d.length, Buffer.from(d.delta), seq, d.first, d.count);
+      res.entries++;
+      res.bytes += d.delta.length;
+    }
+  };
   try {
-    for (const e of opts.entries) {
-      if (opts.signal?.aborted) break;
-      if (e.type !== 'file' || !e.chunks || !e.lengths || e.segments || e.lengths.length === 0)
-        continue;
-      const p = opts.parent.get(e.path.toString('latin1')) ?? renamed.find(e);
-      if (!p?.chunks || !p.lengths || p.lengths.length === 0) continue;
-      if (p.chunks.equals(e.chunks)) continue;
-      const fresh: number[] = [];
-      for (let c = 0; c < e.lengths.length; c++) {
-        const k = hashKey(e.chunks, c * 32);
-        if (!known.getByKey(k) && !writer.has(k)) fresh.push(c);
-      }
-      if (fresh.length === 0) continue;
-      const oldStart = [0];
-      for (const l of p.lengths) oldStart.push(oldStart[oldStart.length - 1]! + l);
-      const oldLen = oldStart[oldStart.length - 1]!;
-      const newStart = [0];
-      for (const l of e.lengths) newStart.push(newStart[newStart.length - 1]! + l);
-      const newLen = newStart[newStart.length - 1]!;
-      let fd: number;
+    if (todo < INLINE_CHUNKS || (opts.workers ?? 2) < 2) {
+      const maker = new DeltaMaker(data);
       try {
-        fd = openSync(
-          Buffer.concat([Buffer.from(opts.source), Buffer.from('/'), e.path]),
-          constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK,
-        );
-      } catch {
-        continue;
-      }
-      const cache = new Map<number, Buffer>();
-      let dict: { a: number; b: number; ref: Buffer; cdict: zstd.CDict } | undefined;
-      const pending: Pending[] = [];
-      try {
-        for (const c of fresh) {
-          const len = e.lengths[c]!;
-          const chunk = Buffer.allocUnsafe(len);
-          let got = 0;
-          try {
-            while (got < len) {
-              const n = readSync(fd, chunk, got, len - got, newStart[c]! + got);
-              if (n === 0) break;
-              got += n;
-            }
-          } catch {
-            break;
-          }
-          // The file changed since it was read: no delta for what we cannot check.
-          if (got !== len || hashKey(sha256(chunk)) !== hashKey(e.chunks, c * 32)) continue;
-          const center = Math.floor((newStart[c]! * oldLen) / newLen);
-          // The window is placed by steps of DELTA_STEP, so that neighbouring chunks share
-          // one reference and its prepared dictionary (building it is most of the cost).
-          const q = Math.floor(center / DELTA_STEP) * DELTA_STEP;
-          const lo = q + DELTA_STEP / 2 - window / 2 + CHUNK_AVG / 2;
-          const hi = q + DELTA_STEP / 2 + window / 2 - CHUNK_AVG / 2;
-          let a = 0;
-          while (a < p.lengths.length - 1 && oldStart[a + 1]! <= lo) a++;
-          let b = a;
-          let refBytes = 0;
-          while (
-            b < p.lengths.length &&
-            (b === a || oldStart[b]! < hi) &&
-            b - a < MAX_REF_CHUNKS &&
-            refBytes + p.lengths[b]! <= MAX_REF_BYTES
-          ) {
-            refBytes += p.lengths[b]!;
-            b++;
-          }
-          res.tried++;
-          const plainLen = cctx.compress(plainBuf, chunk, level);
-          const plain = Buffer.from(plainBuf.subarray(0, plainLen));
-          res.plainBytes += plainLen;
-          if (!dict || dict.a !== a || dict.b !== b) {
-            dict = undefined;
-            for (const i of cache.keys()) if (i < a) cache.delete(i);
-            const parts: Buffer[] = [];
-            for (let i = a; i < b; i++) {
-              let d = cache.get(i);
-              if (!d) {
-                d = oldChunk(p.chunks, i);
-                if (!d) break;
-                cache.set(i, Buffer.from(d));
-              }
-              parts.push(d);
-            }
-            if (b > a && parts.length === b - a) {
-              const ref = Buffer.concat(parts);
-              dict = { a, b, ref, cdict: new zstd.CDict(ref, level) };
-            }
-          }
-          const delta = dict ? makeDelta(cctx, dctx, chunk, dict.ref, dict.cdict) : undefined;
-          // Every new chunk of the file gets an entry: its delta when smaller, else the chunk
-          // compressed alone (no reference). A reader then takes a frame's new chunks from
-          // here or the frame, whichever is smaller (docs/content-store.md).
-          if (delta && delta.length < plainLen) {
-            pending.push({
-              hash: e.chunks.subarray(c * 32, c * 32 + 32),
-              length: len,
-              delta,
-              first: a,
-              count: b - a,
-            });
-            if (delta.length < DELTA_KEEP_RATIO * plainLen) res.chunks++;
-          } else {
-            pending.push({
-              hash: e.chunks.subarray(c * 32, c * 32 + 32),
-              length: len,
-              delta: plain,
-              first: a,
-              count: 0,
-            });
-            res.alone++;
-          }
-          res.bytes += pending[pending.length - 1]!.delta.length;
+        for (const t of tasks) {
+          if (opts.signal?.aborted) break;
+          take(maker.file(t));
         }
       } finally {
-        closeSync(fd);
+        maker.close();
       }
-      if (pending.length === 0) continue;
-      // One run of the parent's digests per file, trimmed to what the deltas use.
-      const used = pending.filter((d) => d.count > 0);
-      const lo = used.length ? Math.min(...used.map((d) => d.first)) : 0;
-      const hi = used.length ? Math.max(...used.map((d) => d.first + d.count)) : 0;
-      const seq = writer.addSeq(Buffer.from(p.chunks.subarray(lo * 32, hi * 32)));
-      for (const d of pending) {
-        writer.add(d.hash, d.length, d.delta, seq, d.count ? d.first - lo : 0, d.count);
-        res.entries++;
-      }
+    } else {
+      // Large files first, so that no worker is left with a big one at the end.
+      tasks.sort((x, y) => y.fresh.length - x.fresh.length);
+      await runPool<DeltaTask, { type: 'delta-file'; result: DeltaFileResult }>({
+        script: new URL('./delta-worker.js', import.meta.url),
+        workerData: data,
+        workers: opts.workers ?? availableParallelism(),
+        batches: batch(tasks, (t) => t.fresh.length, 16, 32),
+        signal: opts.signal,
+        cancelled: () => new ReimageError('CANCELLED', 'capture cancelled; nothing was recorded'),
+        onMessage: (m) => take(m.result),
+      });
     }
     if (opts.signal?.aborted) {
       writer.abort();
@@ -250,8 +373,6 @@ export function computeDeltas(opts: DeltaOptions): DeltaResult {
   } catch (err) {
     writer.abort();
     throw err;
-  } finally {
-    reader.close();
   }
   res.ms = Date.now() - t0;
   return res;
