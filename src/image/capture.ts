@@ -246,6 +246,7 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
         signal: opts.signal,
         level: opts.level,
         workers: opts.workers,
+        frameOf: (k) => session!.frameOf(k),
       });
       checkAborted(opts.signal);
     }

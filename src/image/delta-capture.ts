@@ -62,6 +62,8 @@ export interface DeltaOptions {
   level?: number;
   /** Worker threads (default: one per core). */
   workers?: number | undefined;
+  /** The frame (any stable name) a chunk new in this capture was written to. */
+  frameOf?: ((key: string) => string | undefined) | undefined;
 }
 
 /** The work on one file, as handed to a delta worker. */
@@ -341,29 +343,68 @@ export async function computeDeltas(opts: DeltaOptions): Promise<DeltaResult> {
       res.bytes += d.delta.length;
     }
   };
-  try {
-    if (todo < INLINE_CHUNKS || (opts.workers ?? 2) < 2) {
+  const run = async (list: DeltaTask[], chunks: number) => {
+    if (chunks < INLINE_CHUNKS || (opts.workers ?? 2) < 2) {
       const maker = new DeltaMaker(data);
       try {
-        for (const t of tasks) {
+        for (const t of list) {
           if (opts.signal?.aborted) break;
           take(maker.file(t));
         }
       } finally {
         maker.close();
       }
-    } else {
-      // Large files first, so that no worker is left with a big one at the end.
-      tasks.sort((x, y) => y.fresh.length - x.fresh.length);
-      await runPool<DeltaTask, { type: 'delta-file'; result: DeltaFileResult }>({
-        script: new URL('./delta-worker.js', import.meta.url),
-        workerData: data,
-        workers: opts.workers ?? availableParallelism(),
-        batches: batch(tasks, (t) => t.fresh.length, 16, 32),
-        signal: opts.signal,
-        cancelled: () => new ReimageError('CANCELLED', 'capture cancelled; nothing was recorded'),
-        onMessage: (m) => take(m.result),
-      });
+      return;
+    }
+    // Large files first, so that no worker is left with a big one at the end.
+    list.sort((x, y) => y.fresh.length - x.fresh.length);
+    await runPool<DeltaTask, { type: 'delta-file'; result: DeltaFileResult }>({
+      script: new URL('./delta-worker.js', import.meta.url),
+      workerData: data,
+      workers: opts.workers ?? availableParallelism(),
+      batches: batch(list, (t) => t.fresh.length, 16, 32),
+      signal: opts.signal,
+      cancelled: () => new ReimageError('CANCELLED', 'capture cancelled; nothing was recorded'),
+      onMessage: (m) => take(m.result),
+    });
+  };
+  try {
+    await run(tasks, todo);
+    // The other new chunks of the frames these entries touch (files without a parent file)
+    // go in compressed alone: a reader can then take such a frame's new chunks from the delta
+    // pack instead of the whole frame, when that is fewer bytes.
+    if (opts.frameOf && res.entries > 0 && !opts.signal?.aborted) {
+      const touched = new Set<string>();
+      for (const k of planned) {
+        const f = opts.frameOf(k);
+        if (f !== undefined) touched.add(f);
+      }
+      const more: DeltaTask[] = [];
+      let n = 0;
+      for (const e of opts.entries) {
+        if (e.type !== 'file' || !e.chunks || !e.lengths || e.segments) continue;
+        const fresh: number[] = [];
+        for (let c = 0; c < e.lengths.length; c++) {
+          const k = hashKey(e.chunks, c * 32);
+          if (known.getByKey(k) || planned.has(k)) continue;
+          const f = opts.frameOf(k);
+          if (f === undefined || !touched.has(f)) continue;
+          planned.add(k);
+          fresh.push(c);
+        }
+        if (fresh.length === 0) continue;
+        more.push({
+          path: Buffer.concat([Buffer.from(opts.source), Buffer.from('/'), e.path]),
+          chunks: e.chunks,
+          lengths: e.lengths,
+          fresh,
+          oldChunks: new Uint8Array(0),
+          oldLengths: [],
+          oldLocs: new Float64Array(0),
+        });
+        n += fresh.length;
+      }
+      await run(more, n);
     }
     if (opts.signal?.aborted) {
       writer.abort();
