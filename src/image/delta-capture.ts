@@ -19,15 +19,14 @@ import { batch, runPool } from './pool.js';
 import type { Entry } from './manifest.js';
 
 /**
- * Old data taken around a chunk's proportional position, in all: zstd indexes only the last
- * 2^(hashLog+3) bytes of a dictionary (1 MiB at level 3), so a larger reference would leave
- * its start unused. Measured on bookworm → trixie (docs/transfer.md): 1 MiB with
- * `compressUsingDict` kept 12.9 MB of 61 MB; 2 MiB with a hashLog of 20 kept 13.7 MB but took
- * 2.5× the time.
+ * Old data taken around a chunk's proportional position, in all. zstd indexes only the last
+ * 2^(hashLog+3) bytes of a dictionary (1 MiB at level 3), and loading the dictionary is most
+ * of the cost of a delta. Measured on bookworm → trixie, same-path files, chunks compressed
+ * alone 61.0 MB: deltas against 1 MiB windows 45.93 MB, 512 KiB windows 45.90 MB in half
+ * the time (docs/transfer.md).
  */
-export const DELTA_WINDOW = 1024 * 1024;
-/** Windows move by this much: chunks whose positions fall in one step share a reference. */
-export const DELTA_STEP = 256 * 1024;
+export const DELTA_WINDOW = 512 * 1024;
+
 /** A delta is kept when it is smaller than this share of the chunk compressed alone. */
 export const DELTA_KEEP_RATIO = 0.7;
 const FRAME_CACHE = 6;
@@ -176,7 +175,7 @@ export class DeltaMaker {
       return res;
     }
     const cache = new Map<number, Buffer>();
-    let dict: { a: number; b: number; ref: Buffer; cdict: zstd.CDict | undefined } | undefined;
+    let dict: { a: number; b: number; ref: Buffer } | undefined;
     try {
       for (const c of t.fresh) {
         const len = t.lengths[c]!;
@@ -194,11 +193,10 @@ export class DeltaMaker {
         // The file changed since it was read: no delta for what we cannot check.
         if (got !== len || hashKey(sha256(chunk)) !== hashKey(t.chunks, c * 32)) continue;
         const center = Math.floor((newStart[c]! * oldLen) / newLen);
-        // The window is placed by steps of DELTA_STEP, so that neighbouring chunks share one
-        // reference (and, from the third chunk on, one prepared dictionary).
-        const q = Math.floor(center / DELTA_STEP) * DELTA_STEP;
-        const lo = q + DELTA_STEP / 2 - window / 2 + CHUNK_AVG / 2;
-        const hi = q + DELTA_STEP / 2 + window / 2 - CHUNK_AVG / 2;
+        // Snapping to old chunks adds about half an average chunk on each side.
+        const half = Math.max(0, (window - len) / 2 - CHUNK_AVG / 2);
+        const lo = center - half;
+        const hi = center + len + half;
         let a = 0;
         while (a < t.oldLengths.length - 1 && oldStart[a + 1]! <= lo) a++;
         let b = a;
@@ -228,16 +226,9 @@ export class DeltaMaker {
             }
             parts.push(d);
           }
-          if (b > a && parts.length === b - a)
-            dict = { a, b, ref: Buffer.concat(parts), cdict: undefined };
-        } else if (!dict.cdict) {
-          // A second chunk on the same reference: prepare it once for the rest (a CDict
-          // costs about three loads of the raw dictionary).
-          dict.cdict = new zstd.CDict(dict.ref, level);
+          if (b > a && parts.length === b - a) dict = { a, b, ref: Buffer.concat(parts) };
         }
-        const delta = dict
-          ? makeDelta(this.cctx, this.dctx, chunk, dict.ref, dict.cdict ?? level)
-          : undefined;
+        const delta = dict ? makeDelta(this.cctx, this.dctx, chunk, dict.ref, level) : undefined;
         // Every new chunk of the file gets an entry: its delta when smaller, else the chunk
         // compressed alone (no reference). A reader then takes a frame's new chunks from here
         // or the frame, whichever is smaller (docs/content-store.md).
