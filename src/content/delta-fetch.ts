@@ -26,6 +26,8 @@ import { PackReader, type ChunkIndex, type ContentStore } from './store.js';
 /** Delta bytes asked for in one `readRanges` call: what the step holds in memory at once. */
 const BATCH_BYTES = 4 * 1024 * 1024;
 const FRAME_CACHE = 8;
+/** Deltas replace a frame only when they are smaller than this share of it. */
+const DELTA_FRAME_RATIO = 0.8;
 
 /** The delta indexes of an image, each from the first source that serves a valid one. */
 export interface DeltaSet {
@@ -106,7 +108,7 @@ export interface DeltaPlan {
  * soon as one of its chunks is missing, so a delta saves nothing unless every missing chunk of
  * that frame can come from the delta packs (a delta whose reference chunks are all local, or
  * a chunk stored alone): then the frame's missing chunks are taken from there when that is
- * fewer bytes than the frame. Reads the image's pack indexes (once; `fetchImage` reuses them).
+ * less than 80 % of the frame's bytes. Reads the image's pack indexes (once; `fetchImage` reuses them).
  */
 export async function planDeltas(opts: {
   sources: RemoteStore[];
@@ -161,7 +163,8 @@ export async function planDeltas(opts: {
       const miss = f.keys.filter((k) => opts.needed.has(k) && !known.getByKey(k));
       if (miss.length === 0 || !miss.every((k) => usable.has(k))) continue;
       const cost = miss.reduce((n, k) => n + usable.get(k)!.deltaLength, 0);
-      if (cost >= f.length) continue;
+      // A margin for what separate ranges cost in requests and headers.
+      if (cost >= DELTA_FRAME_RATIO * f.length) continue;
       for (const k of miss) plan.chosen.add(k);
       plan.framesReplaced++;
       plan.frameBytesReplaced += f.length;
