@@ -112,6 +112,8 @@ function captureOptions(
   store: ContentStore,
   hooks: CaptureHooks,
   extras: CaptureExtras,
+  /** Delta packs are copied only from a folder destination (a share or server gets none yet). */
+  folder = false,
 ) {
   const gen = plan.generalize ? generalizeCaptureOptions() : { excludes: [], emptyFiles: [] };
   return {
@@ -126,7 +128,7 @@ function captureOptions(
     oneFileSystem: extras.oneFileSystem,
     skipUnreadable: extras.skipUnreadable,
     parent: extras.parent,
-    ...(extras.deltas === false ? { deltas: false } : {}),
+    ...(extras.deltas === false || !folder ? { deltas: false } : {}),
     signKey: extras.signKey,
     sourceMachine: extras.sourceMachine,
     workers: extras.workers,
@@ -149,7 +151,7 @@ async function captureToFolder(
   const store = ContentStore.open(path, { create: true });
   try {
     hooks.onStage?.({ stage: 'capturing' });
-    const res = await captureImage(captureOptions(plan, store, hooks, extras));
+    const res = await captureImage(captureOptions(plan, store, hooks, extras, true));
     return {
       record: res.record,
       created: res.created,
