@@ -242,8 +242,13 @@ describe('delta chunks', { skip }, () => {
     const store = ContentStore.open(join(work, 'dp', 'bad'));
     await collectGarbage(store);
     assert.deepEqual(listDeltaPacks(store), [deltaId]);
+    // A delta pack without its index (a capture killed between the two) goes too.
+    const stray = join(store.root, 'deltas', 'ab', `${'ab'.repeat(32)}.dpack`);
+    mkdirSync(join(store.root, 'deltas', 'ab'), { recursive: true });
+    writeFileSync(stray, 'RIMGDP01');
     store.deleteObject('images', `${v2Id}.json`);
     await collectGarbage(store);
+    assert.ok(!existsSync(stray));
     assert.deepEqual(listDeltaPacks(store), []);
     assert.ok(!existsSync(join(store.root, deltaPackRel(deltaId))));
   });

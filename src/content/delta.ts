@@ -238,6 +238,21 @@ export function listDeltaPacks(store: ContentStore): string[] {
   return out.sort();
 }
 
+/** Delta pack files without their index (a capture killed between the two), for gc. */
+export function strayDeltaFiles(store: ContentStore): string[] {
+  const top = join(store.root, 'deltas');
+  const out: string[] = [];
+  for (const d of readdirOr(top)) {
+    if (!/^[0-9a-f]{2}$/.test(d)) continue;
+    const files = new Set(readdirOr(join(top, d)));
+    for (const f of files) {
+      const m = /^([0-9a-f]{64})\.dpack$/.exec(f);
+      if ((m && !files.has(`${m[1]}.didx`)) || f.includes('.tmp-')) out.push(join(top, d, f));
+    }
+  }
+  return out;
+}
+
 function readdirOr(dir: string): string[] {
   try {
     return readdirSync(dir);

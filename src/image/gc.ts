@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { ContentStore } from '../content/store.js';
 import type { LockHolder } from '../content/lock.js';
 import { ImageLibrary } from './library.js';
-import { deltaIndexRel, deltaPackRel, listDeltaPacks } from '../content/delta.js';
+import { deltaIndexRel, deltaPackRel, listDeltaPacks, strayDeltaFiles } from '../content/delta.js';
 
 export interface GcResult {
   packsDeleted: number;
@@ -61,7 +61,7 @@ export async function collectGarbage(
         }
       }
     }
-    for (const f of store.strayPackFiles()) {
+    for (const f of [...store.strayPackFiles(), ...strayDeltaFiles(store)]) {
       let size = 0;
       try {
         size = statSync(f).size;
