@@ -418,7 +418,8 @@ export async function computeDeltas(opts: DeltaOptions): Promise<DeltaResult> {
  * (docs/transfer.md, renamed files), so the reference chunks are there on the machine.
  */
 class RenamedFiles {
-  private byDir: Map<string, Entry[]> | undefined;
+  /** folder → shape key (the name's non-word parts, digits as one wildcard) → files */
+  private byDir: Map<string, Map<string, Array<{ entry: Entry; words: string[] }>>> | undefined;
 
   constructor(private readonly parent: Map<string, Entry>) {}
 
@@ -426,43 +427,42 @@ class RenamedFiles {
     if (!this.byDir) {
       this.byDir = new Map();
       for (const [path, entry] of this.parent) {
-        const dir = path.slice(0, Math.max(0, path.lastIndexOf('/')));
-        let list = this.byDir.get(dir);
-        if (!list) this.byDir.set(dir, (list = []));
-        list.push(entry);
+        const slash = path.lastIndexOf('/');
+        const dir = path.slice(0, Math.max(0, slash));
+        const shape = nameShape(path.slice(slash + 1));
+        let shapes = this.byDir.get(dir);
+        if (!shapes) this.byDir.set(dir, (shapes = new Map()));
+        let list = shapes.get(shape.key);
+        if (!list) shapes.set(shape.key, (list = []));
+        list.push({ entry, words: shape.words });
       }
     }
     const path = e.path.toString('latin1');
     const slash = path.lastIndexOf('/');
-    const name = path.slice(slash + 1);
-    const shape = nameShape(name);
+    const shape = nameShape(path.slice(slash + 1));
+    const list = this.byDir.get(path.slice(0, Math.max(0, slash)))?.get(shape.key) ?? [];
     let best: Entry | undefined;
-    for (const c of this.byDir.get(path.slice(0, Math.max(0, slash))) ?? []) {
-      const cname = c.path.toString('latin1').slice(slash + 1);
-      if (!sameShape(shape, nameShape(cname))) continue;
-      if (!best || Math.abs(c.size - e.size) < Math.abs(best.size - e.size)) best = c;
+    // Bounded: a folder of thousands of look-alike names is not searched through.
+    for (const c of list.slice(0, 256)) {
+      if (!closeWords(shape.words, c.words)) continue;
+      if (!best || Math.abs(c.entry.size - e.size) < Math.abs(best.size - e.size)) best = c.entry;
     }
     return best;
   }
 }
 
-/** A name's words and, between them, the rest with digit runs as one wildcard. */
-function nameShape(name: string): { words: string[]; rest: string[] } {
+/** A name's words, and a key of the rest (digit runs as one wildcard) and the word count. */
+function nameShape(name: string): { words: string[]; key: string } {
   const parts = name.split(/([A-Za-z]+)/);
   const words: string[] = [];
   const rest: string[] = [];
-  parts.forEach((x, i) => (i % 2 ? words : rest).push(i % 2 ? x : x.replace(/[0-9]+/g, '0')));
-  return { words, rest };
+  parts.forEach((x, i) => (i % 2 ? words.push(x) : rest.push(x.replace(/[0-9]+/g, '0'))));
+  return { words, key: `${words.length}/${rest.join('/')}` };
 }
 
-function sameShape(
-  a: { words: string[]; rest: string[] },
-  b: { words: string[]; rest: string[] },
-): boolean {
-  if (a.words.length !== b.words.length || a.rest.length !== b.rest.length) return false;
-  if (a.rest.some((x, i) => x !== b.rest[i])) return false;
+/** One word may change, but not in a name of fewer than three words (`a.txt` is not `b.txt`). */
+function closeWords(a: string[], b: string[]): boolean {
   let differ = 0;
-  for (let i = 0; i < a.words.length; i++) if (a.words[i] !== b.words[i]) differ++;
-  // One word may change, but not the only word of a name (`a.txt` is not `b.txt`).
-  return differ === 0 || (differ === 1 && a.words.length >= 3);
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) differ++;
+  return differ === 0 || (differ === 1 && a.length >= 3);
 }
