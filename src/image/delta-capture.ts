@@ -1,9 +1,10 @@
 /**
  * Delta chunks at capture time (docs/content-store.md, "Delta packs"): for each chunk a
- * capture with `--parent` added to the store, of a file whose path the parent image also has,
- * a zstd delta against a window of the parent's file around the same relative position. Kept
- * only when clearly smaller than the chunk compressed alone; a machine holding the old chunks
- * then downloads the delta instead of the chunk's frame.
+ * capture with `--parent` added to the store, of a file the parent image also has (same path,
+ * or renamed), a zstd delta against a window of the parent's file around the same relative
+ * position, or the chunk compressed alone when that is smaller; plus, compressed alone, the
+ * other new chunks of the frames those touch. A machine holding the old chunks then takes a
+ * frame's missing chunks from the delta pack instead of the frame when that is fewer bytes.
  */
 import { closeSync, constants, openSync, readSync } from 'node:fs';
 import zstd from 'zstd-napi/binding.js';
@@ -27,12 +28,12 @@ import type { Entry } from './manifest.js';
  */
 export const DELTA_WINDOW = 512 * 1024;
 
-/** A delta is kept when it is smaller than this share of the chunk compressed alone. */
+/** Deltas under this share of the chunk compressed alone are counted as `chunks` (a figure). */
 export const DELTA_KEEP_RATIO = 0.7;
 const FRAME_CACHE = 6;
 
 export interface DeltaResult {
-  /** The delta pack written (undefined: no delta was worth keeping). */
+  /** The delta pack written (undefined: no chunk to write). */
   id: string | undefined;
   /** Entries of the delta pack: chunks as deltas, and chunks compressed alone (`alone`). */
   entries: number;
