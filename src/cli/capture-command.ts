@@ -34,6 +34,8 @@ interface CaptureFlags extends Common {
   oneFileSystem?: boolean;
   skipUnreadable?: boolean;
   parent?: string;
+  /** commander's negation of --no-deltas */
+  deltas?: boolean;
   signKey?: string;
   sourceMachine?: string;
   workers?: number;
@@ -163,6 +165,10 @@ export function registerCaptureCommand(image: Command, deps: { env: Env }): void
         '--parent <image>',
         'earlier capture of this tree: files unchanged since (size, mtime, inode, ctime) are not read again',
       )
+      .option(
+        '--no-deltas',
+        'with --parent: do not store delta chunks against the parent (docs/content-store.md)',
+      )
       .option('--sign-key <file>', 'ed25519 private key (PEM) to sign the image with')
       .option(
         '--source-machine <name>',
@@ -193,6 +199,7 @@ export function registerCaptureCommand(image: Command, deps: { env: Env }): void
       ...(o.signKey ? { signKey: readKeyFile(o.signKey, 'private') } : {}),
       ...(o.sourceMachine ? { sourceMachine: o.sourceMachine } : {}),
       ...(o.parent ? { parent: o.parent } : {}),
+      ...(o.deltas === false ? { deltas: false } : {}),
       ...(o.skipUnreadable ? { skipUnreadable: true } : {}),
       ...(o.oneFileSystem ? { oneFileSystem: true } : {}),
     };
@@ -266,11 +273,17 @@ export function registerCaptureCommand(image: Command, deps: { env: Env }): void
           destination: res.where,
           ...(res.copied ? { copied: res.copied } : {}),
           ...(res.uploaded ? { uploaded: res.uploaded } : {}),
+          ...(res.deltas ? { deltas: res.deltas } : {}),
         },
         () => [
           ...summary(res.record, [plan.name]),
           `stored:       ${formatBytes(res.storedBytes)} new in the store${res.created ? '' : ' (identical tree was already there)'}`,
           `stored in:    ${res.where}`,
+          ...(res.deltas
+            ? [
+                `deltas:       ${res.deltas.chunks} chunks as ${formatBytes(res.deltas.bytes)} of deltas against the parent (${(res.deltas.ms / 1000).toFixed(1)} s)`,
+              ]
+            : []),
           ...(res.copied
             ? [`copied:       ${res.copied.files} files, ${formatBytes(res.copied.bytes)}`]
             : []),

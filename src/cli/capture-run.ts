@@ -1,3 +1,4 @@
+import type { DeltaResult } from '../image/delta-capture.js';
 import {
   closeSync,
   createReadStream,
@@ -54,6 +55,8 @@ export interface CaptureExtras {
   signKey?: KeyObject;
   sourceMachine?: string;
   parent?: string;
+  /** With `parent`: store delta chunks against it (default true). */
+  deltas?: boolean;
   skipUnreadable?: boolean;
   oneFileSystem?: boolean;
   /** Where temporary stores go (default: the OS's temporary folder). */
@@ -73,6 +76,8 @@ export interface CaptureOutcome {
   where: string;
   /** Bytes the capture wrote to its store (new chunks). */
   storedBytes: number;
+  /** Delta chunks stored against the parent (folder destinations with a parent). */
+  deltas?: DeltaResult;
   /** Files and bytes copied to the share (only what it lacked). */
   copied?: { files: number; bytes: number };
   /** Chunks and bytes sent to the server (only what its library lacked). */
@@ -107,6 +112,8 @@ function captureOptions(
   store: ContentStore,
   hooks: CaptureHooks,
   extras: CaptureExtras,
+  /** Delta packs are copied only from a folder destination (a share or server gets none yet). */
+  folder = false,
 ) {
   const gen = plan.generalize ? generalizeCaptureOptions() : { excludes: [], emptyFiles: [] };
   return {
@@ -121,6 +128,7 @@ function captureOptions(
     oneFileSystem: extras.oneFileSystem,
     skipUnreadable: extras.skipUnreadable,
     parent: extras.parent,
+    ...(extras.deltas === false || !folder ? { deltas: false } : {}),
     signKey: extras.signKey,
     sourceMachine: extras.sourceMachine,
     workers: extras.workers,
@@ -143,7 +151,7 @@ async function captureToFolder(
   const store = ContentStore.open(path, { create: true });
   try {
     hooks.onStage?.({ stage: 'capturing' });
-    const res = await captureImage(captureOptions(plan, store, hooks, extras));
+    const res = await captureImage(captureOptions(plan, store, hooks, extras, true));
     return {
       record: res.record,
       created: res.created,
@@ -151,6 +159,7 @@ async function captureToFolder(
       warnings: res.warnings,
       where: `folder ${store.root}`,
       storedBytes: res.record.stats.storedBytes,
+      ...(res.deltas ? { deltas: res.deltas } : {}),
     };
   } catch (e) {
     // The capture removed its temporary packs; a store made for it goes too.

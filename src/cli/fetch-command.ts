@@ -110,6 +110,7 @@ export function registerFetchCommand(image: Command): void {
           packSources: r.packSources,
           badSources: r.badSources,
           seed: r.seed ?? null,
+          deltas: r.deltas ?? null,
           elapsed,
         };
         if (o.json) {
@@ -119,7 +120,12 @@ export function registerFetchCommand(image: Command): void {
             `image ${imageId} is in ${into.root}`,
             `downloaded: ${formatBytes(r.bytesDownloaded)} (${r.chunksFetched} chunks, ${r.framesFetched} frames)`,
             `seeded:     ${doc.chunksSeeded} chunks, ${formatBytes(doc.bytesSeeded)} (read ${formatBytes(r.seed?.bytesRead ?? 0)})`,
-            `local:      ${r.chunksFromLocal} chunks were already there or seeded`,
+            `local:      ${r.chunksFromLocal} chunks were already there, seeded or rebuilt`,
+            ...(r.deltas
+              ? [
+                  `deltas:     ${r.deltas.chunks} chunks rebuilt from ${formatBytes(r.deltas.bytesDownloaded + r.deltas.indexBytes)} of deltas${r.deltas.bad ? ` (${r.deltas.bad} bad deltas, fetched whole)` : ''}`,
+                ]
+              : []),
             `elapsed:    ${elapsed.toFixed(1)} s`,
           ];
           for (const b of r.badSources) {

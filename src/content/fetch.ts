@@ -52,6 +52,11 @@ export interface FetchOptions {
   head?: ImageHead;
   signal?: AbortSignal;
   onProgress?: (p: FetchProgress) => void;
+  /**
+   * Pack indexes already read (by `${source name}\0${pack}`, e.g. by `planDeltas`): used
+   * instead of reading them again; checked the same way.
+   */
+  indexCache?: Map<string, Buffer>;
   /** Compressed bytes asked for in one range read (default 8 MiB): bounds memory. */
   batchBytes?: number;
   /** Sources that work on one pack at the same time (default 3). */
@@ -358,7 +363,9 @@ class Fetch {
       const loc = this.known.getByKey(k);
       if (loc) packs.add(this.known.packs[loc.pack]!);
     }
-    const localRecord = { ...record, packs: [...packs].sort() };
+    // Delta packs stay on the DPs: the local record lists only what the local store holds.
+    const { deltas: _deltas, ...rest } = record;
+    const localRecord = { ...rest, packs: [...packs].sort() };
     // Manifest before record, as a capture writes them: a record always has its manifest.
     this.into.writeObject('manifests', `${this.id}.zst`, z);
     this.into.writeObject('images', `${this.id}.json`, JSON.stringify(localRecord, null, 2) + '\n');
@@ -479,10 +486,13 @@ class Fetch {
     const key = `${source.name}\0${pack}`;
     const cached = this.indexes.get(key);
     if (cached) return cached;
-    const idx = await source.readFile(`packs/${pack.slice(0, 2)}/${pack}.idx`, {
-      signal: this.signal,
-    });
-    this.bytesDownloaded += idx.length;
+    let idx = this.opts.indexCache?.get(key);
+    if (!idx) {
+      idx = await source.readFile(`packs/${pack.slice(0, 2)}/${pack}.idx`, {
+        signal: this.signal,
+      });
+      this.bytesDownloaded += idx.length;
+    }
     const frames = new Map<number, FrameWant>();
     const frameOf = new Map<string, FrameWant>();
     // The remote pack's size is not known without another round trip; a frame beyond

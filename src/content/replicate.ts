@@ -4,6 +4,8 @@ import { isReimageError, ReimageError } from '../errors.js';
 import { isHexId, sha256Hex } from './digest.js';
 import { folderWriter, type DpWriter } from './dp-writer.js';
 import { decodeIndex, decompressBounded } from './pack.js';
+import { decodeDeltaIndex, deltaIndexRel, deltaPackRel } from './delta.js';
+import { deltaPacksOf } from './delta-fetch.js';
 import { dirRemote, TokenBucket, type RemoteStore } from './remote.js';
 import { ContentStore } from './store.js';
 import { clockTime, nextOpening, systemClock, type Clock, type TransferWindow } from './window.js';
@@ -151,6 +153,26 @@ class Replication {
         throw sourceBad(this.src.name, `the index of pack ${p}`, e);
       }
       plan.push({ kind: 'pack', rel: `packs/${p.slice(0, 2)}/${p}.pack`, size, id: p });
+      indexes.push({ kind: 'small', rel: idxRel, size: idx.length, data: idx, compare: false });
+    }
+    // Delta packs (optional, docs/content-store.md): copied like packs when the source has
+    // them; a source without one is not an error (a reader then fetches those chunks whole).
+    for (const d of deltaPacksOf(parseJson(record))) {
+      const idxRel = deltaIndexRel(d);
+      let idx: Buffer;
+      try {
+        idx = await this.src.readFile(idxRel, { signal: this.opts.signal });
+      } catch (e) {
+        if (isReimageError(e, 'DP_FILE_MISSING')) continue;
+        this.rethrow(e);
+      }
+      let size: number;
+      try {
+        size = decodeDeltaIndex(idx, d).packSize;
+      } catch (e) {
+        throw sourceBad(this.src.name, `the delta index ${d}`, e);
+      }
+      plan.push({ kind: 'pack', rel: deltaPackRel(d), size, id: d });
       indexes.push({ kind: 'small', rel: idxRel, size: idx.length, data: idx, compare: false });
     }
     // Indexes after every pack: an index makes its pack visible.
@@ -329,6 +351,15 @@ class Replication {
     if (isReimageError(e)) throw e;
     this.cancelled();
     throw e;
+  }
+}
+
+function parseJson(buf: Buffer): Record<string, unknown> {
+  try {
+    const r = JSON.parse(buf.toString('utf8')) as unknown;
+    return r && typeof r === 'object' ? (r as Record<string, unknown>) : {};
+  } catch {
+    return {};
   }
 }
 

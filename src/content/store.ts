@@ -378,6 +378,12 @@ export class WriteSession {
     }
   }
 
+  /** The frame a chunk written in this session is in, as `pack:offset` (undefined: not here). */
+  frameOf(key: string): string | undefined {
+    const loc = this.added.get(key);
+    return loc ? `${loc.pack.packNo}:${loc.frameOffset}` : undefined;
+  }
+
   private openPack(): OpenPack {
     const tmpPath = join(this.dir, `pack-${this.all.length}`);
     const fd = openSync(tmpPath, 'wx');

@@ -23,6 +23,7 @@ import { majorMinor, readXattrs, scanDir, ST, STAT_FIELDS, type ScanResult } fro
 import { ProgressMeter, type Progress, type Warning } from './progress.js';
 import type { CaptureWorkerData, FileTask, FromWorker } from './capture-worker.js';
 import { BatchQueue, runPool } from './pool.js';
+import { computeDeltas, type DeltaResult } from './delta-capture.js';
 
 /**
  * Excluded with `--system`: the contents of pseudo and volatile filesystems of a live system,
@@ -78,6 +79,11 @@ export interface CaptureOptions {
   skipUnreadable?: boolean;
   /** Name or id of an earlier capture of the same tree: unchanged files are not read again. */
   parent?: string;
+  /**
+   * With `parent`: also store delta chunks of new chunks against the parent's file at the same
+   * path (docs/content-store.md, "Delta packs"). Default true.
+   */
+  deltas?: boolean;
   signKey?: KeyObject;
   signal?: AbortSignal;
   /** Reads at most this many bytes per second (roughly), so a live machine stays usable. */
@@ -100,6 +106,8 @@ export interface CaptureResult {
   created: boolean;
   /** files taken from the parent image without reading them */
   reused: number;
+  /** Delta chunks stored against the parent (captures with `parent` only). */
+  deltas?: DeltaResult;
 }
 
 interface StatFacts {
@@ -226,6 +234,22 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
     const entries = walker.entries;
     const statFacts = walker.stats;
     const kept = dropFailed(entries, failed, warn);
+    let deltas: DeltaResult | undefined;
+    if (parent && opts.deltas !== false) {
+      meter.setPhase('commit'); // deltas are written as part of the commit
+      deltas = await computeDeltas({
+        store,
+        known,
+        source,
+        parent: parent.byPath,
+        entries: kept,
+        signal: opts.signal,
+        level: opts.level,
+        workers: opts.workers,
+        frameOf: (k) => session!.frameOf(k),
+      });
+      checkAborted(opts.signal);
+    }
 
     // 4. Manifest, id, record.
     meter.setPhase('commit');
@@ -238,6 +262,7 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
       properties: () => makeProperties(opts, source),
       parent: parent?.id,
       signKey: opts.signKey,
+      deltas: deltas?.id ? [deltas.id] : undefined,
     });
     const id = record.id;
     writeStatCache(store, id, kept, entries, statFacts);
@@ -245,7 +270,13 @@ export async function captureImage(opts: CaptureOptions): Promise<CaptureResult>
     session = undefined; // committed and closed by recordImage
     meter.file = undefined;
     meter.setPhase('done');
-    return { record, warnings, created, reused: walker.reused };
+    return {
+      record,
+      warnings,
+      created,
+      reused: walker.reused,
+      ...(deltas ? { deltas } : {}),
+    };
   } catch (e) {
     await session?.abort();
     throw e;
@@ -768,14 +799,14 @@ function writeStatCache(
 function loadParent(
   lib: ImageLibrary,
   ref: string,
-): { id: string; files: Map<string, ParentFile> } {
+): { id: string; files: Map<string, ParentFile>; byPath: Map<string, Entry> } {
   const rec = lib.resolve(ref);
   const { manifest } = lib.loadManifest(rec.id);
   const files = new Map<string, ParentFile>();
-  const raw = lib.store.readObject('statcache', rec.id);
-  if (!raw) return { id: rec.id, files };
   const byPath = new Map<string, Entry>();
   for (const e of manifest.entries) if (e.type === 'file') byPath.set(e.path.toString('latin1'), e);
+  const raw = lib.store.readObject('statcache', rec.id);
+  if (!raw) return { id: rec.id, files, byPath };
   const rows = JSON.parse(new Decompressor().decompress(raw).toString('utf8')) as Array<
     [string, string, number, string, string]
   >;
@@ -783,5 +814,5 @@ function loadParent(
     const entry = byPath.get(path);
     if (entry) files.set(path, { ino, size, mtimeNs, ctimeNs, entry });
   }
-  return { id: rec.id, files };
+  return { id: rec.id, files, byPath };
 }

@@ -13,6 +13,15 @@ import {
   type FetchResult,
 } from '../content/fetch.js';
 import type { RemoteStore } from '../content/remote.js';
+import { hashKey } from '../content/digest.js';
+import {
+  deltaPacksOf,
+  fetchDeltas,
+  planDeltas,
+  readDeltaIndexes,
+  referencedChunks,
+  type DeltaFetchResult,
+} from '../content/delta-fetch.js';
 import type { ContentStore } from '../content/store.js';
 import { decodeManifest } from './formats/native/v1/manifest-codec.js';
 import { checkImageName } from './library.js';
@@ -32,11 +41,25 @@ export interface SeededFetchOptions extends Omit<FetchOptions, 'chunksOf' | 'hea
   /** Other content stores to seed from. */
   seedStores?: ContentStore[];
   onSeedProgress?: (p: SeedProgress) => void;
+  /** Use the image's delta chunks when the local store can (default true). */
+  deltas?: boolean;
 }
 
 export interface SeededFetchResult extends FetchResult {
   /** What seeding put into the store (undefined: not run, the image was there already). */
   seed: SeedResult | undefined;
+  /**
+   * Chunks rebuilt from delta chunks (undefined: the image has none, or nothing local to
+   * rebuild from). Their bytes, and the delta indexes', are in `bytesDownloaded`.
+   */
+  deltas:
+    | (DeltaFetchResult & {
+        indexBytes: number;
+        /** Frames of the packs not fetched because deltas replaced them, and their bytes. */
+        framesReplaced: number;
+        frameBytesReplaced: number;
+      })
+    | undefined;
 }
 
 /**
@@ -52,18 +75,67 @@ export async function fetchImageSeeded(opts: SeededFetchOptions): Promise<Seeded
     signal: opts.signal,
   });
   let seed: SeedResult | undefined;
-  if (!head.complete && (opts.seedRoot !== undefined || (opts.seedStores?.length ?? 0) > 0)) {
+  const seeding = opts.seedRoot !== undefined || (opts.seedStores?.length ?? 0) > 0;
+  // Deltas need old chunks: from seeding, or already in the local store (an older image).
+  const deltaSet =
+    !head.complete &&
+    opts.deltas !== false &&
+    deltaPacksOf(head.record).length > 0 &&
+    (seeding || opts.into.listPacks().length > 0)
+      ? await readDeltaIndexes(opts.sources, head.record, opts.signal)
+      : undefined;
+  let needed: Set<string> | undefined;
+  if (deltaSet) {
+    needed = new Set();
+    for (const h of chunksOfManifest(head.manifest)) needed.add(hashKey(h));
+  }
+  if (!head.complete && seeding) {
     seed = await seedStore({
       into: opts.into,
       manifest: decodeManifest(head.manifest),
       root: opts.seedRoot,
       stores: opts.seedStores,
+      ...(deltaSet ? { keep: referencedChunks(deltaSet, (k) => needed!.has(k)) } : {}),
       signal: opts.signal,
       onProgress: opts.onSeedProgress,
     });
   }
-  const r = await fetchImage({ ...opts, head, chunksOf: chunksOfManifest });
-  return { ...r, seed };
+  let deltas: SeededFetchResult['deltas'];
+  let indexCache: Map<string, Buffer> | undefined;
+  let planBytes = 0;
+  if (deltaSet) {
+    const plan = await planDeltas({
+      sources: opts.sources,
+      packs: head.record.packs,
+      set: deltaSet,
+      into: opts.into,
+      needed: needed!,
+      signal: opts.signal,
+    });
+    indexCache = plan.indexCache;
+    planBytes = plan.bytesDownloaded;
+    const d = await fetchDeltas({
+      into: opts.into,
+      set: deltaSet,
+      needed: plan.chosen,
+      signal: opts.signal,
+    });
+    deltas = {
+      ...d,
+      indexBytes: deltaSet.bytesDownloaded,
+      framesReplaced: plan.framesReplaced,
+      frameBytesReplaced: plan.frameBytesReplaced,
+    };
+  }
+  const r = await fetchImage({
+    ...opts,
+    head,
+    chunksOf: chunksOfManifest,
+    ...(indexCache ? { indexCache } : {}),
+  });
+  // Pack indexes read to plan count once (fetchImage reused them).
+  const extra = deltas ? deltas.indexBytes + deltas.bytesDownloaded + planBytes : 0;
+  return { ...r, bytesDownloaded: r.bytesDownloaded + extra, seed, deltas };
 }
 
 /**

@@ -1,7 +1,9 @@
 import { rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import type { ContentStore } from '../content/store.js';
 import type { LockHolder } from '../content/lock.js';
 import { ImageLibrary } from './library.js';
+import { deltaIndexRel, deltaPackRel, listDeltaPacks, strayDeltaFiles } from '../content/delta.js';
 
 export interface GcResult {
   packsDeleted: number;
@@ -59,7 +61,7 @@ export async function collectGarbage(
         }
       }
     }
-    for (const f of store.strayPackFiles()) {
+    for (const f of [...store.strayPackFiles(), ...strayDeltaFiles(store)]) {
       let size = 0;
       try {
         size = statSync(f).size;
@@ -69,6 +71,22 @@ export async function collectGarbage(
       if (!opts.dryRun) rmSync(f, { force: true });
       res.bytesFreed += size;
       res.tmpRemoved++;
+    }
+    // Delta packs no record lists (docs/content-store.md, "Delta packs").
+    const liveDeltas = new Set(records.flatMap((r) => r.deltas ?? []));
+    for (const id of listDeltaPacks(store)) {
+      if (liveDeltas.has(id)) continue;
+      let size = 0;
+      for (const rel of [deltaIndexRel(id), deltaPackRel(id)]) {
+        try {
+          size += statSync(join(store.root, rel)).size;
+        } catch {
+          /* half-deleted */
+        }
+        if (!opts.dryRun) rmSync(join(store.root, rel), { force: true });
+      }
+      res.packsDeleted++;
+      res.bytesFreed += size;
     }
     for (const id of store.listPacks()) {
       if (live.has(id)) {

@@ -79,6 +79,11 @@ export interface ImageRecord {
   stats: ImageStats;
   parent?: string;
   packs: string[];
+  /**
+   * Delta packs (`deltas/<ab>/<id>.dpack` and `.didx`): chunks of this image as deltas against
+   * chunks of its parent. Optional: a reader without them fetches the chunks' frames.
+   */
+  deltas?: string[];
   signature?: ImageSignature;
   /**
    * The source machine's inventory (hostname, OS, disks…) as the capturing client reported it

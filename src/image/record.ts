@@ -26,6 +26,8 @@ export async function recordImage(opts: {
   signKey?: KeyObject | undefined;
   imageFormat?: ImageRecord['imageFormat'];
   opaqueFormat?: string;
+  /** Delta packs written for this image (docs/content-store.md, "Delta packs"). */
+  deltas?: string[] | undefined;
 }): Promise<{ record: ImageRecord; created: boolean }> {
   const { lib, session, known, entries } = opts;
   const canonical = encodeManifest({ entries });
@@ -83,6 +85,7 @@ export async function recordImage(opts: {
   };
   if (opts.opaqueFormat) record.opaqueFormat = opts.opaqueFormat;
   if (opts.parent) record.parent = opts.parent;
+  if (opts.deltas?.length) record.deltas = opts.deltas;
   if (opts.signKey) record.signature = signRecord(record, opts.signKey);
   lib.putRecord(record);
   return { record, created: true };

@@ -39,7 +39,12 @@ export interface SeedOptions {
   root?: string;
   /** Other content stores to copy chunks from. */
   stores?: ContentStore[];
-  signal?: AbortSignal;
+  /**
+   * Chunks the image does not name but that are to be kept too when found: the old chunks
+   * that delta chunks refer to (`referencedChunks` in src/content/delta-fetch.ts).
+   */
+  keep?: Set<string>;
+  signal?: AbortSignal | undefined;
   onProgress?: (p: SeedProgress) => void;
 }
 
@@ -67,6 +72,9 @@ export interface SeedResult {
   filesReadRenamed: number;
   /** Of `chunksFromFiles`: chunks found in those. */
   chunksFromRenamed: number;
+  /** Chunks of `keep` (delta references) put into the local store, and their size. */
+  refChunksKept: number;
+  refBytesKept: number;
   /**
    * Old files that exist but could not be used: unreadable, a symlink or not a regular file,
    * or behind a symlinked folder (paths absent from the old tree are not counted).
@@ -110,8 +118,12 @@ class Seeder {
     filesRead: 0,
     filesReadRenamed: 0,
     chunksFromRenamed: 0,
+    refChunksKept: 0,
+    refBytesKept: 0,
     filesSkipped: 0,
   };
+  /** Chunks of `keep` the store lacks. */
+  private readonly extra = new Set<string>();
   private readonly signal: AbortSignal | undefined;
 
   constructor(private readonly opts: SeedOptions) {
@@ -127,6 +139,9 @@ class Seeder {
       for (let i = 0; i < e.chunks.length; i += 32) all.add(hashKey(e.chunks, i));
     }
     for (const k of all) if (!known.getByKey(k)) this.missing.add(k);
+    for (const k of this.opts.keep ?? []) {
+      if (!known.getByKey(k) && !this.missing.has(k)) this.extra.add(k);
+    }
     this.result.chunksNeeded = all.size;
     this.result.chunksPresent = all.size - this.missing.size;
     if (this.missing.size === 0) return this.result;
@@ -149,7 +164,13 @@ class Seeder {
 
   private add(hash: Buffer, data: Uint8Array, from: 'stores' | 'files'): void {
     this.builder.add(hash, data);
-    this.missing.delete(hashKey(hash));
+    const k = hashKey(hash);
+    if (this.extra.delete(k)) {
+      this.result.refChunksKept++;
+      this.result.refBytesKept += data.length;
+      return;
+    }
+    this.missing.delete(k);
     this.result.chunksSeeded++;
     this.result.bytesSeeded += data.length;
     if (from === 'stores') this.result.chunksFromStores++;
@@ -187,7 +208,7 @@ class Seeder {
     try {
       // Group by frame: each frame is read and decompressed once.
       const frames = new Map<string, Array<{ key: string; offset: number; length: number }>>();
-      for (const k of this.missing) {
+      for (const k of [...this.missing, ...this.extra]) {
         const loc = idx.getByKey(k);
         if (!loc) continue;
         const f = `${loc.pack}:${loc.frameOffset}:${loc.frameLength}`;
@@ -213,7 +234,7 @@ class Seeder {
             continue; // a damaged pack there: those chunks come from elsewhere
           }
           for (const c of chunks) {
-            if (!this.missing.has(c.key)) continue;
+            if (!this.missing.has(c.key) && !this.extra.has(c.key)) continue;
             const data = raw.subarray(c.offset, c.offset + c.length);
             const hash = sha256(data);
             if (c.offset + c.length > raw.length || hashKey(hash) !== c.key) continue;
@@ -447,7 +468,8 @@ class Seeder {
             const len = cuts[k]!;
             const chunk = buf.subarray(pos, pos + len);
             const hash = sha256(chunk);
-            if (this.missing.has(hashKey(hash))) this.add(hash, chunk, 'files');
+            const key = hashKey(hash);
+            if (this.missing.has(key) || this.extra.has(key)) this.add(hash, chunk, 'files');
             pos += len;
           }
           if (n < cuts.length) break;
