@@ -6,7 +6,6 @@
  * chunk is only counted; the chunk is then fetched the normal way.
  */
 import zstd from 'zstd-napi/binding.js';
-import { Decompressor } from 'zstd-napi';
 import { isReimageError, ReimageError } from '../errors.js';
 import { hashKey, isHexId, sha256 } from './digest.js';
 import {
@@ -19,9 +18,9 @@ import {
   type DeltaEntry,
   type DeltaIndex,
 } from './delta.js';
-import { decodeIndex, decompressBounded, FrameBuilder, MAX_FRAME_RAW } from './pack.js';
+import { decodeIndex, FrameBuilder } from './pack.js';
 import type { RemoteStore } from './remote.js';
-import { PackReader, type ChunkIndex, type ContentStore } from './store.js';
+import { PackReader, RawFrames, type ChunkIndex, type ContentStore } from './store.js';
 
 /** Delta bytes asked for in one `readRanges` call: what the step holds in memory at once. */
 const BATCH_BYTES = 4 * 1024 * 1024;
@@ -278,34 +277,21 @@ async function readFromAny(
 
 /** Chunks of the local store, read by digest (frames decompressed once, each chunk hashed). */
 class LocalChunks {
-  private readonly frames = new Map<string, Buffer>();
-  private readonly dz = new Decompressor();
+  private readonly frames: RawFrames;
   private readonly dctx = new zstd.DCtx();
 
   constructor(
     private readonly known: ChunkIndex,
-    private readonly reader: PackReader,
-  ) {}
+    reader: PackReader,
+  ) {
+    this.frames = new RawFrames(reader, FRAME_CACHE);
+  }
 
   chunk(hash: Buffer): Buffer | undefined {
     const loc = this.known.get(hash);
     if (!loc) return undefined;
-    const fk = `${loc.pack}:${loc.frameOffset}`;
-    let raw = this.frames.get(fk);
-    if (!raw) {
-      try {
-        raw = decompressBounded(
-          this.dz,
-          this.reader.readFrame(loc.pack, loc.frameOffset, loc.frameLength),
-          MAX_FRAME_RAW,
-          'frame',
-        );
-      } catch {
-        return undefined;
-      }
-      if (this.frames.size >= FRAME_CACHE) this.frames.delete(this.frames.keys().next().value!);
-      this.frames.set(fk, raw);
-    }
+    const raw = this.frames.get(loc.pack, loc.frameOffset, loc.frameLength);
+    if (!raw) return undefined;
     const data = raw.subarray(loc.offset, loc.offset + loc.length);
     return sha256(data).equals(hash) ? data : undefined;
   }

@@ -15,12 +15,15 @@ import {
 } from 'node:fs';
 import { createHash, randomUUID, type Hash } from 'node:crypto';
 import { dirname, join } from 'node:path';
+import { Decompressor } from 'zstd-napi';
 import { ReimageError } from '../errors.js';
 import { HASH_BYTES, hashKey, isHexId } from './digest.js';
 import {
   decodeIndex,
+  decompressBounded,
   encodeIndex,
   FRAME_CHUNK_RECORD,
+  MAX_FRAME_RAW,
   PACK_MAGIC,
   type ChunkLocation,
   type Frame,
@@ -486,6 +489,41 @@ export class PackReader {
   close(): void {
     for (const fd of this.fds.values()) closeSync(fd);
     this.fds.clear();
+  }
+}
+
+/**
+ * Decompressed frames read through a {@link PackReader}, the last `keep` of them kept: chunks
+ * read one after another mostly share frames. Damage is not thrown: the caller hashes what it
+ * takes out and treats a missing frame as a missing chunk.
+ */
+export class RawFrames {
+  private readonly frames = new Map<string, Buffer>();
+  private readonly dz = new Decompressor();
+
+  constructor(
+    private readonly reader: PackReader,
+    private readonly keep: number,
+  ) {}
+
+  /** The frame's raw bytes; undefined when it cannot be read or decompressed. */
+  get(pack: number, frameOffset: number, frameLength: number): Buffer | undefined {
+    const key = `${pack}:${frameOffset}`;
+    let raw = this.frames.get(key);
+    if (raw) return raw;
+    try {
+      raw = decompressBounded(
+        this.dz,
+        this.reader.readFrame(pack, frameOffset, frameLength),
+        MAX_FRAME_RAW,
+        'frame',
+      );
+    } catch {
+      return undefined;
+    }
+    if (this.frames.size >= this.keep) this.frames.delete(this.frames.keys().next().value!);
+    this.frames.set(key, raw);
+    return raw;
   }
 }
 

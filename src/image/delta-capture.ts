@@ -8,12 +8,10 @@
  */
 import { closeSync, constants, openSync, readSync } from 'node:fs';
 import zstd from 'zstd-napi/binding.js';
-import { Decompressor } from 'zstd-napi';
 import { hashKey, sha256 } from '../content/digest.js';
 import { DeltaPackWriter, makeDelta, MAX_REF_BYTES, MAX_REF_CHUNKS } from '../content/delta.js';
-import { decompressBounded, MAX_FRAME_RAW } from '../content/pack.js';
 import { CHUNK_AVG } from '../content/chunker.js';
-import { PackReader, type ChunkIndex, type ContentStore } from '../content/store.js';
+import { PackReader, RawFrames, type ChunkIndex, type ContentStore } from '../content/store.js';
 import { availableParallelism } from 'node:os';
 import { ReimageError } from '../errors.js';
 import { batch, runPool } from './pool.js';
@@ -106,13 +104,13 @@ export interface DeltaWorkerData {
 export class DeltaMaker {
   private readonly cctx = new zstd.CCtx();
   private readonly dctx = new zstd.DCtx();
-  private readonly dz = new Decompressor();
   private readonly reader: PackReader;
-  private readonly frames = new Map<string, Buffer>();
+  private readonly frames: RawFrames;
   private readonly plainBuf = Buffer.allocUnsafe(zstd.compressBound(16 * 1024 * 1024));
 
   constructor(private readonly data: DeltaWorkerData) {
     this.reader = new PackReader(data.packPaths);
+    this.frames = new RawFrames(this.reader, FRAME_CACHE);
   }
 
   close(): void {
@@ -130,22 +128,8 @@ export class DeltaMaker {
       l[i * 5 + 3]!,
       l[i * 5 + 4]!,
     ];
-    const fk = `${pack}:${frameOffset}`;
-    let raw = this.frames.get(fk);
-    if (!raw) {
-      try {
-        raw = decompressBounded(
-          this.dz,
-          this.reader.readFrame(pack, frameOffset, frameLength),
-          MAX_FRAME_RAW,
-          'frame',
-        );
-      } catch {
-        return undefined;
-      }
-      if (this.frames.size >= FRAME_CACHE) this.frames.delete(this.frames.keys().next().value!);
-      this.frames.set(fk, raw);
-    }
+    const raw = this.frames.get(pack, frameOffset, frameLength);
+    if (!raw) return undefined;
     const data = raw.subarray(offset, offset + length);
     return hashKey(sha256(data)) === hashKey(t.oldChunks, i * 32) ? data : undefined;
   }
