@@ -1,7 +1,7 @@
 import type { IngestMessage } from '../catalog/status-store.js';
 import { ReimageError } from '../errors.js';
 import { stateOf, statusMessage } from '../status/messages.js';
-import { redactText } from '../status/redact.js';
+import { isSecretName, REDACTED, redactText } from '../status/redact.js';
 
 /** A status message as a machine sends it (POST /api/v1/client/status, or a drop file). */
 export interface IncomingStatus {
@@ -14,16 +14,14 @@ export interface IncomingStatus {
 
 const MAX_PROPERTIES_BYTES = 8192;
 
-/** Property names whose values are never stored, whatever a client sends. */
-const SECRET_KEY = /pass(word)?|secret|token|credential|product.?key|private.?key/i;
-
 /** Properties nest at most this deep (status properties are small records, not documents). */
 const MAX_PROPERTY_DEPTH = 8;
 
+/** Values of secret-looking property names (`isSecretName`) are never stored, whatever a client sends. */
 function redactProperties(props: Record<string, unknown>, depth = 0): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(props))
-    out[k] = SECRET_KEY.test(k) ? '[redacted]' : redactValue(v, depth + 1);
+    out[k] = isSecretName(k) ? REDACTED : redactValue(v, depth + 1);
   return out;
 }
 

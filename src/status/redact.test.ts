@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { REDACTED, redactText } from './redact.js';
+import { isSecretName, REDACTED, redactText } from './redact.js';
 
 describe('redactText', () => {
   it('hides the secrets the caller knows, wherever they are', () => {
@@ -60,6 +60,13 @@ describe('redactText', () => {
       'rollback: 1200 reused files checked, 0 written again',
     ])
       assert.equal(redactText(line), line);
+  });
+
+  it('tells secret-looking names, as the ingest drops their values', () => {
+    for (const n of ['sharePassword', 'pwd', 'apiKey', 'api_key', 'productKey', 'token', 'secret'])
+      assert.equal(isSecretName(n), true, n);
+    for (const n of ['step', 'code', 'logTail', 'dp', 'message', 'keyId'])
+      assert.equal(isSecretName(n), false, n);
   });
 
   it('is idempotent', () => {

@@ -1,7 +1,7 @@
 /**
  * Secrets out of free text: log lines, log tails and error messages that travel in status
- * messages. Property *names* are redacted by the server's ingest (`password: …`); this is for
- * secrets inside text, where no name says what they are. Used twice on purpose: by the agent
+ * messages. The server's ingest drops the values of secret-looking property *names*
+ * ({@link isSecretName}, the same names as below); `redactText` is for secrets inside text. Used twice on purpose: by the agent
  * before a line reaches its log (so the log on the disk holds no secret either), and by the
  * server on every string it stores (an older or foreign agent may not have).
  *
@@ -15,7 +15,14 @@
 /** What a secret is replaced with. */
 export const REDACTED = '[redacted]';
 
-const SECRET_NAME = String.raw`(?:pass(?:word|wd|phrase)?|pwd|secret|token|credentials?|api[_-]?key|product[_-]?key|private[_-]?key|authorization)`;
+const SECRET_NAME = String.raw`(?:pass(?:word|wd|phrase)?|pwd|secret|token|credentials?|api.?key|product.?key|private.?key|authorization)`;
+
+const SECRET_NAME_RE = new RegExp(SECRET_NAME, 'i');
+
+/** Does a property or option name look like it holds a secret (`sharePassword`, `apiKey`, …)? */
+export function isSecretName(name: string): boolean {
+  return SECRET_NAME_RE.test(name);
+}
 
 const PATTERNS: [RegExp, string][] = [
   // scheme://user:password@host → keep the user, drop the password
