@@ -8,8 +8,8 @@ import { runDemo, type DemoResult, type MachineFault } from '../src/lab/demo.js'
 
 /**
  * A planted systemic failure in the lab, found by the trends view (issue 8): site lyon's only
- * DP serves corrupt content, so its 3 machines really fail to fetch; the larger site paris has
- * more failures in absolute numbers (5 of 12) from scattered causes — a small disk, machines of
+ * DP serves corrupt content, so its 4 machines really fail to fetch; the larger site paris has
+ * more failures in absolute numbers (6 of 13) from scattered causes — a small disk, machines of
  * another architecture, machines running another OS. Ranking by raw counts puts paris first;
  * the trends view must put lyon (or its DP) first. The advertisement's first wave holds all
  * machines but one; the failure threshold (25 %) halts the rollout, and the last machine is
@@ -19,15 +19,21 @@ import { runDemo, type DemoResult, type MachineFault } from '../src/lab/demo.js'
 const work = fs.mkdtempSync(path.join(tmpdir(), 'reimage-lab-trends-'));
 after(() => fs.rmSync(work, { recursive: true, force: true }));
 
-const LYON = 3;
-const MACHINES = 15;
-/** Faults of the paris machines, by machine index (0-2 are lyon's). */
+/*
+ * Which machine the halted wave holds is the rollout's order (a hash of advertisement and
+ * machine ids): any of them. So lyon has 4 machines (at least 3 failures, a trends group,
+ * even when one is held) and paris 6 faulty ones (at least 5 failures, more than lyon's 4).
+ */
+const LYON = 4;
+const MACHINES = 17;
+/** Faults of the paris machines, by machine index (0-3 are lyon's). */
 const FAULTS: Record<number, MachineFault> = {
-  4: 'small-disk',
-  6: 'wrong-arch',
-  8: 'wrong-os',
-  10: 'wrong-arch',
-  12: 'wrong-os',
+  5: 'small-disk',
+  7: 'wrong-arch',
+  9: 'wrong-os',
+  11: 'wrong-arch',
+  13: 'wrong-os',
+  15: 'small-disk',
 };
 
 interface TrendGroup {
