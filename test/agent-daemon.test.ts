@@ -19,6 +19,7 @@ import { noUserInterface } from '../src/agent/ask.js';
 import type { AskUser, NotificationAnswer, NotificationRequest } from '../src/agent/ask.js';
 import { backoffDelay, pollDelay, runAgent } from '../src/agent/daemon.js';
 import { AGENT_DEFAULTS, parseDuration } from '../src/agent/daemon-policy.js';
+import type { AdRecord } from '../src/agent/daemon-schedule.js';
 import { keptPaths } from '../src/agent/deploy.js';
 import { Outbox } from '../src/agent/outbox.js';
 import { BOOT_CONFIG, labPlatform } from '../src/agent/platform.js';
@@ -333,7 +334,7 @@ describe('client daemon: enrollment and inventory', () => {
 });
 
 /** `agent run ARGS` as its own process (the agent's entry point, from dist/). */
-function agentProcess(args: string[]) {
+function agentProcess(args: string[], env: Record<string, string> = {}) {
   const main = fileURLToPath(new URL('../src/agent/main.js', import.meta.url));
   const child = spawn(
     process.execPath,
@@ -343,7 +344,7 @@ function agentProcess(args: string[]) {
       `import { agentMain } from ${JSON.stringify(main)}; process.exitCode = await agentMain(process.argv.slice(1));`,
       ...args,
     ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
   );
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -378,6 +379,57 @@ describe('agent run (the process)', () => {
     p.child.kill('SIGTERM');
     assert.equal(await p.exit, 0, p.stderr());
     assert.match(p.stderr(), /SIGTERM: stopping/);
+  });
+
+  /** Killed by SIGKILL while the user is asked (the 2001 sent, no answer yet); the question saved. */
+  async function killedWhileAsking(m: LabMachine): Promise<AdRecord> {
+    const p = agentProcess(['run', '--role', 'client', '--machine', m.dir, '--once'], {
+      REIMAGE_FAILPOINTS: 'daemon.ask=1',
+    });
+    await p.exit;
+    assert.equal(p.child.signalCode, 'SIGKILL', p.stderr());
+    const dir = join(keptPaths(m.root).kept, 'ads');
+    const rec = JSON.parse(readFileSync(join(dir, readdirSync(dir)[0]!), 'utf8')) as AdRecord;
+    assert.equal(rec.asking?.n, 1);
+    assert.equal(rec.asking.request.kind, 'start');
+    return rec;
+  }
+  const adIds = async (m: LabMachine) =>
+    ids(await timeline(m)).filter((id) => id >= 2000 && id < 3000);
+
+  it('killed while the user is asked: the next boot shows the same question and countdown, one 2001 in all', async () => {
+    const m = await labMachine();
+    await advertise(m, { options: { allowDecline: true } });
+    const killed = await killedWhileAsking(m);
+    assert.deepEqual(await adIds(m), [2000, 2001]);
+    const user = scriptedUser(decline);
+    const ends = Date.parse(killed.asking!.request.countdownEndsAt);
+    await boot(m, { ask: user.ask, now: at(ends - 5 * 60_000) });
+    assert.equal(user.asked.length, 1);
+    assert.deepEqual(
+      user.asked[0],
+      killed.asking!.request,
+      'the same question, countdown running on',
+    );
+    assert.deepEqual(await adIds(m), [2000, 2001, 2004]);
+    const rec = JSON.parse(
+      readFileSync(join(keptPaths(m.root).kept, 'ads', `${killed.id}.json`), 'utf8'),
+    ) as AdRecord;
+    assert.equal(rec.asking, undefined);
+    assert.equal(rec.notifications, 1);
+    assert.ok(rec.declined);
+  });
+
+  it('killed while the user is asked, back after the countdown: a new question (a second 2001)', async () => {
+    const m = await labMachine();
+    await advertise(m, { options: { allowDecline: true } });
+    const killed = await killedWhileAsking(m);
+    const user = scriptedUser(decline);
+    const ends = Date.parse(killed.asking!.request.countdownEndsAt);
+    await boot(m, { ask: user.ask, now: at(ends + 60_000) });
+    assert.equal(user.asked.length, 1);
+    assert.equal(user.asked[0]!.countdownEndsAt, new Date(ends + 16 * 60_000).toISOString());
+    assert.deepEqual(await adIds(m), [2000, 2001, 2001, 2004]);
   });
 
   it('bad arguments: usage, exit 2', async () => {

@@ -19,6 +19,13 @@ export interface AdRecord {
   consentedAt?: string;
   /** Notifications shown (advance and at start). */
   notifications: number;
+  /**
+   * The question on screen, saved before it is shown and removed with its answer: after a
+   * kill or a power cut, the next boot shows the same question (same number, same countdown)
+   * while its countdown runs, so that the user is not given a new countdown and the server no
+   * second notification.
+   */
+  asking?: { n: number; request: NotificationRequest };
   /** Milliseconds postponed in all (by the user or, without an answer, by policy). */
   postponedMs: number;
   postponedUntil?: string;

@@ -25,6 +25,7 @@ import { applyAnswer, decide, MAX_RUNS, newAdRecord } from './daemon-schedule.js
 import type { AdRecord } from './daemon-schedule.js';
 import { keptPaths, runDeployment, startDeployment } from './deploy.js';
 import type { DeploymentOutcome, DeploymentPlan } from './deploy.js';
+import { failpoint } from './failpoints.js';
 import { readJsonFile, writeFileAtomic } from './files.js';
 import { appliedImageId, collectInventory, writeAppliedImage } from './inventory.js';
 import { agentVersion } from './main.js';
@@ -639,13 +640,26 @@ class Daemon {
           await this.start(ad, rec, d.why);
           return undefined;
         case 'ask': {
-          const req = d.request;
+          let req = d.request;
           // One question of each kind per cycle at most: the next comes with the next poll.
           if (askedKinds.has(req.kind)) return undefined;
           askedKinds.add(req.kind);
-          rec.notifications += 1;
-          this.saveRecord(rec);
-          const n = rec.notifications;
+          let n: number;
+          const open = rec.asking;
+          if (
+            open &&
+            open.request.kind === req.kind &&
+            Date.parse(open.request.countdownEndsAt) > now
+          ) {
+            // Killed while asking: the same question again, its countdown running on.
+            ({ n, request: req } = open);
+            this.log(`advertisement ${ad.name}: notification ${n} is still open: shown again`);
+          } else {
+            rec.notifications += 1;
+            n = rec.notifications;
+            rec.asking = { n, request: req };
+            this.saveRecord(rec);
+          }
           if (req.kind === 'pre')
             await adStatus(2007, `notify/${n}`, {
               kind: 'pre',
@@ -660,6 +674,7 @@ class Daemon {
               buttons: req.buttons,
               ...(req.laterUntilMax ? { laterUntilMax: req.laterUntilMax } : {}),
             });
+          failpoint('daemon.ask'); // the question saved and reported, not yet answered
           let answer: NotificationAnswer;
           try {
             answer = await this.ask(req, {
@@ -675,6 +690,7 @@ class Daemon {
           }
           const r = applyAnswer(req, answer, rec, policy, this.t(), pollMs);
           rec = r.record;
+          delete rec.asking;
           this.saveRecord(rec);
           await adStatus(r.status.id, `answer/${n}`, r.status.properties);
           if (r.start) {
