@@ -35,6 +35,8 @@ describe('the lab’s comparison of an installed disk with its image', () => {
     { 'etc/localtime': '/usr/share/zoneinfo/UTC' },
   );
 
+  fs.mkdirSync(path.join(image, 'etc/reimage')); // the client's folder, without its files
+
   it('finds a file of the old OS left behind, an image file missing, other content and another link', () => {
     const disk = path.join(base, 'bad');
     tree(
@@ -48,6 +50,7 @@ describe('the lab’s comparison of an installed disk with its image', () => {
       },
       { 'etc/localtime': '/usr/share/zoneinfo/Europe/Paris' },
     );
+    fs.mkdirSync(path.join(disk, 'etc/reimage'));
     const d = compareOsTree(disk, image, osTreeExceptions(wipe, { written: [], notPlaced: [] }));
     assert.deepEqual(d.missing, ['usr/bin/ls']);
     assert.deepEqual(d.added, ['usr/bin/old-tool']);
@@ -68,6 +71,7 @@ describe('the lab’s comparison of an installed disk with its image', () => {
         'var/lib/cloud/seed/nocloud/meta-data': 'instance-id: x\n',
         'var/lib/reimage/state/manifest': 'store\n',
         'usr/lib/reimage/run/agent.js': '// extracted\n',
+        'etc/reimage/policy-cache.json.tmp-4242': '{"poli',
         'home/alice/a.txt': 'data\n',
         '.reimage/applied.json': '{}\n',
       },

@@ -54,14 +54,18 @@ export interface OsTreeExceptions {
  * - **The kept area `/.reimage`** — the agent's journal, outbox, history (the restore report
  *   itself) and `applied.json`: outside the OS paths too, named for clarity.
  * - **`usr/lib/reimage/run`** — the client bundle extracts itself there when it starts.
+ * - **`etc/reimage/NAME.tmp-PID`** — the running client rewrites its files there atomically
+ *   (the policy cache at each poll); the lab powers a machine off at any moment, which can cut
+ *   such a write and leave its temporary file. The client removes it at its next boot
+ *   (removeStaleTemps, src/agent/files.ts), but the lab compares before any next boot.
  * - **The paths the restore report lists** (`written`: phase 3's writes; `notPlaced`: image
  *   paths phase 2 left out because kept data is there), and on the disk only, the folders
  *   leading to a listed path (made to hold it).
  *
- * What the running new client writes after its first boot needs no exception of its own: its
- * daemon state, outbox and `applied.json` are in /.reimage; in the OS it writes only
- * etc/reimage/{client.json,credential,policy-cache.json}, the client state phase 3 restores
- * (so the report lists them). With `clientState: fresh` it would enroll anew and those files
+ * Besides its cut writes, what the running new client writes after its first boot needs no
+ * exception of its own: its daemon state, outbox and `applied.json` are in /.reimage; in the
+ * OS it writes only etc/reimage/{client.json,credential,policy-cache.json}, the client state
+ * phase 3 restores (so the report lists them). With `clientState: fresh` it would enroll anew and those files
  * would show as added: no lab run uses that.
  */
 export function osTreeExceptions(
@@ -72,8 +76,12 @@ export function osTreeExceptions(
   const osPaths = wipe.osPaths.map(rel);
   const keep = [...wipe.keep.map(rel), '.reimage', 'usr/lib/reimage/run'];
   const under = (p: string, dir: string) => p === dir || p.startsWith(`${dir}/`);
+  const cutWrite = /^etc\/reimage\/[^/]+\.tmp-\d+$/;
   return {
-    skip: (p) => !osPaths.some((o) => under(p, o) || under(o, p)) || keep.some((k) => under(p, k)),
+    skip: (p) =>
+      !osPaths.some((o) => under(p, o) || under(o, p)) ||
+      keep.some((k) => under(p, k)) ||
+      cutWrite.test(p),
     listed: new Set([...report.written, ...report.notPlaced]),
   };
 }
