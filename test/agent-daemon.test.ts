@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import {
   existsSync,
   mkdirSync,
@@ -260,7 +260,12 @@ function pendingInOutbox(m: LabMachine): number {
 describe('client daemon: enrollment and inventory', () => {
   it('enrolls with the token: GUID in client.json, credential 0600, token gone, inventory at the server', async () => {
     const m = await labMachine();
+    // A write of the policy cache cut by a power cut, by a process that is gone.
+    const gone = spawnSync(process.execPath, ['-e', '']).pid;
+    const cut = join(m.root, `etc/reimage/policy-cache.json.tmp-${gone}`);
+    writeFileSync(cut, '{"policy":', { mode: 0o600 });
     const { log } = await boot(m);
+    assert.equal(existsSync(cut), false, 'the cut write’s temporary file is removed at boot');
     const cfg = JSON.parse(readFileSync(join(m.root, 'etc/reimage/client.json'), 'utf8')) as {
       guid?: string;
       server: string;

@@ -22,6 +22,7 @@ import type { MachineTreeFacts } from '../src/lab/machine-tree.js';
 import {
   bootUntilDone,
   dataSnapshot,
+  installedTreeCheck,
   makeDeployFixture,
   makeLabMachine,
   makePlan,
@@ -59,10 +60,20 @@ describe('in-place deployment on a lab machine (engine)', () => {
     const guid = (
       JSON.parse(readFileSync(join(root, 'etc/reimage/client.json'), 'utf8')) as { guid: string }
     ).guid;
-    startDeployment(root, plan());
+    const p = plan();
+    startDeployment(root, p);
     const { outcome, roles, log } = await bootUntilDone(dir);
     assert.equal(outcome, 'succeeded', log.join('\n'));
     assert.deepEqual(roles, ['client', 'pe', 'client']);
+    // The whole tree is the image's but for the restore report's paths (and the data kept).
+    const { report, diff } = installedTreeCheck(root, f, p);
+    assert.deepEqual(
+      { missing: diff.missing, added: diff.added, changed: diff.changed },
+      { missing: [], added: [], changed: [] },
+    );
+    assert.ok(diff.compared > 100, `${diff.compared} paths compared`);
+    assert.ok(report.written.includes('etc/passwd') && report.written.includes('etc/hostname'));
+    assert.ok(report.written.length >= report.restored, JSON.stringify(report.written.length));
     assert.match(readFileSync(join(root, 'etc/os-release'), 'utf8'), /VERSION_ID="?13/);
     assert.equal(readFileSync(join(root, 'usr/lib/reimage/agent.bundle'), 'utf8'), '// os 2.0.0\n');
     assert.deepEqual(dataSnapshot(root, facts), data);

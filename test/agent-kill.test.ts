@@ -9,7 +9,13 @@ import { keptPaths, startDeployment } from '../src/agent/deploy.js';
 import { EXIT_REBOOT } from '../src/agent/main.js';
 import { Outbox } from '../src/agent/outbox.js';
 import { BOOT_CONFIG } from '../src/agent/platform.js';
-import { dataSnapshot, makeDeployFixture, makeLabMachine, makePlan } from './support/deploy.js';
+import {
+  dataSnapshot,
+  installedTreeCheck,
+  makeDeployFixture,
+  makeLabMachine,
+  makePlan,
+} from './support/deploy.js';
 import type { DeployFixture } from './support/deploy.js';
 import { isProgressMessage } from '../src/status/messages.js';
 
@@ -127,6 +133,12 @@ const cases: Array<{
     failpoints: 'restore.progress=2',
     what: 'phase 3, half-way through restoring state',
   },
+  {
+    role: 'client',
+    nth: 2,
+    failpoints: 'restore.report=1',
+    what: 'phase 3, the restore report written, the step not yet done',
+  },
   { role: 'client', nth: 2, failpoints: 'step.cleanup=1', what: 'phase 3, cleaning up' },
   {
     role: 'pe',
@@ -152,14 +164,12 @@ describe('killed at every step: the deployment converges, data intact, no duplic
       writeFileSync(clientJson, JSON.stringify(client));
       const data = dataSnapshot(root, facts);
       const osRelease = readFileSync(join(root, 'etc/os-release'), 'utf8');
-      startDeployment(
-        root,
-        makePlan(
-          f,
-          `kill-${n}`,
-          c.rollback ? { newClient: { program: '/usr/lib/reimage/missing.bundle', args: [] } } : {},
-        ),
+      const plan = makePlan(
+        f,
+        `kill-${n}`,
+        c.rollback ? { newClient: { program: '/usr/lib/reimage/missing.bundle', args: [] } } : {},
       );
+      startDeployment(root, plan);
       const boots = await boot(dir, c);
       assert.ok(
         boots.some((b) => b.signal === 'SIGKILL'),
@@ -183,6 +193,14 @@ describe('killed at every step: the deployment converges, data intact, no duplic
       );
       const history = readdirSync(keptPaths(root).history);
       assert.equal(history.length, 1);
+      if (!c.rollback) {
+        // The restore report names every path of the OS that is not the image's, killed or not.
+        const { diff } = installedTreeCheck(root, f, plan);
+        assert.deepEqual(
+          { missing: diff.missing, added: diff.added, changed: diff.changed },
+          { missing: [], added: [], changed: [] },
+        );
+      }
     });
   }
 });

@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -7,37 +6,25 @@ import { after, describe, it } from 'node:test';
 import { answerNotification } from '../src/agent/notify.js';
 import { expectedEnd, runDemo } from '../src/lab/demo.js';
 import type { UserPlan } from '../src/lab/demo.js';
+import { compareOsTree, findRestoreReport, osTreeExceptions } from '../src/lab/os-tree.js';
+import { defaults } from '../src/package/schema.js';
 import { isProgressMessage } from '../src/status/messages.js';
 
 /**
  * The fleet: 20 lab machines through the whole demo, every notification path — install now,
  * later then now, decline, no answer (the policy installs), and a package that requires
  * consent with nobody answering (nothing installs) or a user who says now. Checked by the
- * lab, not by the agents' reports: end states, the applied OS tree equals the image's, user
- * data byte-identical with the same inode numbers, GUIDs unchanged, new client version in the
- * inventory, status timelines complete and ordered.
+ * lab, not by the agents' reports: end states, the applied OS tree equals the image's (the
+ * whole disk, both ways, but for the paths the restore report names and the exceptions of
+ * osTreeExceptions in src/lab/os-tree.ts), user data byte-identical with the same inode
+ * numbers, GUIDs unchanged, new client version in the inventory, status timelines complete and
+ * ordered.
  */
 
 const work = fs.mkdtempSync(path.join(tmpdir(), 'reimage-lab-fleet-'));
 after(() => fs.rmSync(work, { recursive: true, force: true }));
 
 const PLANS: UserPlan[] = ['now', 'later', 'decline', 'none', 'consent-none', 'consent-now'];
-
-/** The regular files and links below `dirs` of a tree: path → content hash (link: target). */
-function listing(root: string, dirs: string[], skip: (rel: string) => boolean) {
-  const out = new Map<string, string>();
-  for (const d of dirs) {
-    for (const e of fs.readdirSync(path.join(root, d), { recursive: true, withFileTypes: true })) {
-      const abs = path.join(e.parentPath, e.name);
-      const rel = path.relative(root, abs);
-      if (skip(rel)) continue;
-      if (e.isSymbolicLink()) out.set(rel, `-> ${fs.readlinkSync(abs)}`);
-      else if (e.isFile())
-        out.set(rel, createHash('sha256').update(fs.readFileSync(abs)).digest('hex'));
-    }
-  }
-  return out;
-}
 
 /** Whether `ids` holds `want` in this order (other messages may come between). */
 function inOrder(ids: number[], want: number[]): boolean {
@@ -70,8 +57,8 @@ describe('lab fleet', () => {
     assert.equal(new Set(guids).size, 20);
 
     const v2Tree = path.join(dir, 'trees/model-v2');
-    const agentRun = (rel: string) => rel.startsWith('usr/lib/reimage/run');
-    const v2 = listing(v2Tree, ['usr', 'boot'], agentRun);
+    // The demo's packages use the default wipe policy (what is OS, what stays).
+    const wipe = { osPaths: defaults.osPaths, keep: defaults.keep };
     for (const m of r.machines) {
       assert.equal(m.endState, expectedEnd(m.plan), report(m));
       assert.equal(m.userDataIntact, true, report(m));
@@ -97,10 +84,26 @@ describe('lab fleet', () => {
           ),
           `${m.name}: every step reported, in order: ${ids.join(' ')}`,
         );
-        // The OS the image carries is on the disk as captured (the restore writes /etc, /var
-        // and /root, never /usr or /boot; the client extracts itself under usr/lib/reimage/run).
-        const disk = listing(path.join(dir, 'machines', m.name, 'disk'), ['usr', 'boot'], agentRun);
-        assert.deepEqual(disk, v2, `${m.name}: /usr and /boot equal the image`);
+        // The applied tree equals the image except the paths listed in the restore report the
+        // deployment left in the disk's history: the lab compares the two trees itself, the
+        // agent's word is only the list of paths it wrote.
+        const disk = path.join(dir, 'machines', m.name, 'disk');
+        const found = findRestoreReport(disk, r.images.v2);
+        assert.ok(found, `${m.name}: a restore report in /.reimage/history`);
+        assert.equal(found.path, m.restoreReport, report(m));
+        assert.ok(found.report.written.includes('etc/passwd'), `${m.name}: accounts merged`);
+        assert.ok(
+          !found.report.written.some((p) => p.startsWith('usr/') || p.startsWith('boot/')),
+          `${m.name}: the restore writes nothing in /usr or /boot`,
+        );
+        const d = compareOsTree(disk, v2Tree, osTreeExceptions(wipe, found.report));
+        assert.deepEqual(
+          { missing: d.missing, added: d.added, changed: d.changed },
+          { missing: [], added: [], changed: [] },
+          `${m.name}: the whole OS tree equals the image but for the report's paths`,
+        );
+        assert.ok(d.compared > 300, `${m.name}: ${d.compared} paths of the image compared`);
+        assert.deepEqual(m.osTree, d, `${m.name}: the demo agrees`);
       } else {
         assert.equal(m.imageId, r.images.v1, report(m));
         assert.equal(m.clientVersion, r.versions.old, report(m));

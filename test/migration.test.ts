@@ -15,6 +15,7 @@ import { after, before, describe, it } from 'node:test';
 import { wipeOs } from '../src/agent/wipe.js';
 import { isReimageError } from '../src/errors.js';
 import { makeMachineTree, makeNewOsTree } from '../src/lab/machine-tree.js';
+import { listTree } from '../src/lab/os-tree.js';
 import type { MachineTreeFacts } from '../src/lab/machine-tree.js';
 import { captureState, restoreState } from '../src/migrate/migration.js';
 import type { CaptureStateResult, RestoreReport } from '../src/migrate/migration.js';
@@ -193,6 +194,48 @@ describe('state migration: capture → wipe → new OS → restore', () => {
     assert.throws(() => lstatSync(join(other, 'etc/reimage/credential')));
     for (const f of facts.categories.documents.slice(0, 5))
       assert.equal(sha(join(other, f)), before_.get(f)?.sha, f);
+  });
+
+  it('lists every path it wrote; run again (as after a kill), it writes no second copy', async () => {
+    const other = join(base, 'listed');
+    await makeNewOsTree(other, { osVersion: '13' });
+    const image = listTree(other, () => false);
+    const run = () =>
+      restoreState({
+        root: other,
+        backend: localBackend(storeDir),
+        key,
+        conflict: 'keep-both',
+        machineState: { computerName: 'migrate', ipAddress: 'migrate' },
+      });
+    const r1 = await run();
+    const after1 = listTree(other, () => false);
+    assert.deepEqual(r1.written, [...new Set(r1.written)].sort());
+    for (const [p, v] of after1) {
+      if (image.get(p) === v) continue;
+      const holder = v === 'dir' && r1.written.some((w) => w.startsWith(`${p}/`));
+      assert.ok(r1.written.includes(p) || holder, `${p} changed but is not listed`);
+    }
+    for (const p of image.keys()) assert.ok(after1.has(p), `${p} of the new OS is gone`);
+    for (const f of ['etc/passwd', 'etc/shadow', 'etc/group', 'etc/gshadow', 'etc/hostname'])
+      assert.ok(r1.written.includes(f), f);
+    const saved = r1.conflicts.flatMap((c) => (c.savedAs ? [c.savedAs] : []));
+    assert.ok(saved.length > 0, 'an OS setting was saved beside the image’s');
+    for (const f of saved) assert.ok(r1.written.includes(f), f);
+    // Identical content already there is not written: a second run lists only what it rewrites.
+    const r2 = await run();
+    assert.deepEqual(
+      listTree(other, () => false),
+      after1,
+      'the second run changed nothing',
+    );
+    assert.deepEqual(
+      r2.conflicts.flatMap((c) => (c.savedAs ? [c.savedAs] : [])),
+      saved,
+      'the same .restored copies, no second one',
+    );
+    assert.ok(r2.written.length < r1.written.length);
+    for (const f of r2.written) assert.ok(r1.written.includes(f), f);
   });
 
   it('detects a tampered store, naming the damaged item', async () => {

@@ -16,6 +16,7 @@ import type { AskUser, NotificationAnswer } from './ask.js';
 import {
   CLIENT_CONFIG,
   CLIENT_CREDENTIAL,
+  CLIENT_DIR,
   CLIENT_ENROLLMENT_TOKEN,
   CLIENT_POLICY_CACHE,
 } from './config.js';
@@ -26,7 +27,7 @@ import type { AdRecord } from './daemon-schedule.js';
 import { keptPaths, runDeployment, startDeployment } from './deploy.js';
 import type { DeploymentOutcome, DeploymentPlan } from './deploy.js';
 import { failpoint } from './failpoints.js';
-import { readJsonFile, writeFileAtomic } from './files.js';
+import { readJsonFile, removeStaleTemps, writeFileAtomic } from './files.js';
 import { appliedImageId, collectInventory, writeAppliedImage } from './inventory.js';
 import { agentVersion } from './main.js';
 import { Outbox, PermanentRefusal } from './outbox.js';
@@ -300,6 +301,11 @@ class Daemon {
   // ---------------------------------------------------------------- the boot
 
   async run(): Promise<DaemonResult> {
+    // A power cut during an atomic write leaves its temporary file: gone at the next boot.
+    for (const dir of [join(this.root, CLIENT_DIR), this.k.kept]) {
+      const removed = removeStaleTemps(dir);
+      if (removed.length > 0) this.log(`removed ${removed.join(', ')} (cut writes) in ${dir}`);
+    }
     await this.continueDeployment();
     if (this.o.role === 'pe') return 'stopped';
     for (;;) {

@@ -31,6 +31,7 @@ import { keyFromBase64, localBackend } from '../migrate/state-store.js';
 import { redactText } from '../status/redact.js';
 import { failpoint } from './failpoints.js';
 import { progressGate } from './progress-gate.js';
+import { openWrittenLog, writeRestoreReport } from './restore-report.js';
 import { readJsonFile, writeFileAtomic } from './files.js';
 import { Journal } from './journal.js';
 import { agentVersion } from './main.js';
@@ -629,16 +630,33 @@ class Engine {
     await this.status(5000, 'phase3/begin', { clientVersion: agentVersion() });
     try {
       const restored = await this.step('restore-state', async () => {
-        const r = await restoreState({
-          root: this.root,
-          backend: localBackend(join(this.root, plan.stateStore.path)),
-          key: this.stateKey,
-          machineId: this.machineGuid(),
-          machineState: plan.machineState,
-          clientState: plan.clientState,
-          facts: { macs: [this.o.platform.identity().mac] },
-          onFile: () => failpoint('restore.progress'),
+        // Each path restore writes is logged first: the report of a re-run names them too.
+        const log = openWrittenLog(this.p.deployment);
+        let r;
+        try {
+          r = await restoreState({
+            root: this.root,
+            backend: localBackend(join(this.root, plan.stateStore.path)),
+            key: this.stateKey,
+            machineId: this.machineGuid(),
+            machineState: plan.machineState,
+            clientState: plan.clientState,
+            facts: { macs: [this.o.platform.identity().mac] },
+            onFile: () => failpoint('restore.progress'),
+            onWrite: log.add,
+          });
+        } finally {
+          log.close();
+        }
+        // The whole report, kept with the deployment (it goes to the history): what of the
+        // new OS is not the image's as it is. The journal keeps only counts.
+        const placed = this.j.result<{ conflicts?: string[] }>('swap-in');
+        writeRestoreReport(this.p.deployment, r, {
+          deployment: plan.id,
+          image: plan.image.id,
+          notPlaced: placed?.conflicts ?? [],
         });
+        failpoint('restore.report');
         return {
           restored: r.restored,
           bytes: r.bytes,

@@ -4,11 +4,13 @@ import {
   ftruncateSync,
   mkdirSync,
   openSync,
+  readdirSync,
   readFileSync,
   renameSync,
+  rmSync,
   writeSync,
 } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ReimageError } from '../errors.js';
 
 /** Writes a small file so that a reader sees the old content or the new, never a mix. */
@@ -30,6 +32,39 @@ export function writeFileAtomic(path: string, data: string | Buffer, mode = 0o60
     fsyncSync(dfd);
   } finally {
     closeSync(dfd);
+  }
+}
+
+/**
+ * Removes what atomic writes cut by a kill or a power cut left in `dir` (not below it): the
+ * temporary files `NAME.tmp-PID` of {@link writeFileAtomic} whose process is gone. They may
+ * hold what the real file holds (a policy cache with secrets: mode 0600 still). Returns the
+ * names removed.
+ */
+export function removeStaleTemps(dir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw e;
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    const pid = Number(/\.tmp-(\d+)$/.exec(name)?.[1]);
+    if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || alive(pid)) continue;
+    rmSync(join(dir, name), { force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'; // another user's process: alive
   }
 }
 

@@ -41,6 +41,7 @@ import { runFirmware, type FirmwareOptions, type FirmwareResult } from './firmwa
 import { startLink, type Link } from './link.js';
 import { makeMachineTree } from './machine-tree.js';
 import { AGENT_BUNDLE_PATH, createLabMachine } from './machine.js';
+import { compareOsTree, findRestoreReport, osTreeExceptions } from './os-tree.js';
 import { compareUserData, hashUserData, type UserDataSnapshot } from './users-hash.js';
 
 /**
@@ -197,13 +198,24 @@ export interface DemoMachineResult {
   boots: number;
   /** The server's timeline: sequence number and message id, in the server's order. */
   timeline: Array<{ seq: number; id: number }>;
+  /**
+   * Installed machines: the restore report the deployment left on the disk (its host path;
+   * `/.reimage/history/<deployment>-<time>/restore-report.json`), null if there is none.
+   */
+  restoreReport?: string | null;
+  /**
+   * Installed machines: the lab's comparison of the whole disk with the image's tree
+   * (src/lab/os-tree.ts) — paths of the image missing, paths added, contents changed — except
+   * the data the wipe keeps, the agent's areas and the paths the restore report names.
+   */
+  osTree?: { compared: number; missing: string[]; added: string[]; changed: string[] };
 }
 
 export interface DemoResult {
   machines: DemoMachineResult[];
   images: { v1: string; v2: string; pe: string };
   versions: { old: string; new: string };
-  /** Every machine ended as expected. */
+  /** Every machine ended as expected, user data intact; an installed one runs the image (osTree). */
   ok: boolean;
   seconds: number;
   server: string;
@@ -949,6 +961,8 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     await Promise.all(state.map((s) => s.firmware));
 
     // Final figures, from the server and from the disks.
+    const v2Tree = path.join(lab.dir, 'trees', 'model-v2');
+    const wipe = { osPaths: defaults.osPaths, keep: defaults.keep };
     const servers = await lab.api.request<{ items: ServerMachine[] }>('GET', '/api/v1/machines');
     const machines: DemoMachineResult[] = [];
     for (const s of state) {
@@ -962,6 +976,20 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
           ).items
         : [];
       const cmp = compareUserData(s.m.before, hashUserData(s.m.disk, defaults.osPaths));
+      // An installed machine runs the image: the whole tree, the restore's paths aside.
+      let installed: Pick<DemoMachineResult, 'restoreReport' | 'osTree'> = {};
+      if (s.endState === 'installed') {
+        const found = findRestoreReport(s.m.disk, lab.images.v2);
+        const d = compareOsTree(
+          s.m.disk,
+          v2Tree,
+          osTreeExceptions(wipe, found?.report ?? { written: [], notPlaced: [] }),
+        );
+        installed = {
+          restoreReport: found?.path ?? null,
+          osTree: { compared: d.compared, missing: d.missing, added: d.added, changed: d.changed },
+        };
+      }
       machines.push({
         name: s.m.name,
         site: s.m.site,
@@ -984,13 +1012,23 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
         diskGuid: diskGuid(s.m.disk),
         boots: s.boots,
         timeline: items.map((i) => ({ seq: i.seq, id: i.messageId })),
+        ...installed,
       });
     }
     const result: DemoResult = {
       machines,
       images: lab.images,
       versions: lab.versions,
-      ok: machines.every((m) => m.endState === m.expected && m.userDataIntact),
+      ok: machines.every(
+        (m) =>
+          m.endState === m.expected &&
+          m.userDataIntact &&
+          (m.endState !== 'installed' ||
+            (!!m.restoreReport &&
+              m.osTree?.missing.length === 0 &&
+              m.osTree.added.length === 0 &&
+              m.osTree.changed.length === 0)),
+      ),
       seconds: (Date.now() - started) / 1000,
       server: lab.server.url,
       dir: lab.dir,

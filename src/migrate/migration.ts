@@ -143,6 +143,12 @@ export interface RestoreStateOptions {
   clientState?: { guid?: 'migrate' | 'fresh' | object; policy?: 'migrate' | 'fresh' | object };
   /** Called after each file is written back (the agent's kill tests hook a failpoint here). */
   onFile?: (done: number) => void;
+  /**
+   * Called with a tree path (relative to root) just before it is created or changed: an
+   * intent log kept by the caller lists what a run killed midway wrote, since a second run
+   * finds those files already there with the same content and leaves them out of `written`.
+   */
+  onWrite?: (path: string) => void;
 }
 
 export interface RestoreReport {
@@ -157,6 +163,14 @@ export interface RestoreReport {
   }[];
   accounts: { users: string[]; groups: string[]; notes: string[] };
   machineState: { written: string[]; cloudInit: boolean };
+  /**
+   * Every path of the new OS (relative to root, sorted, unique) this run created or changed:
+   * the merged account files, the restored folders, symlinks and files, the `.restored`
+   * copies beside conflicts, the machine state's direct writes and the cloud-init seed.
+   * Folders made only to hold one of them are not listed; a file already there with the same
+   * content is not written, so not listed. Paths only: never any content.
+   */
+  written: string[];
 }
 
 /**
@@ -182,6 +196,12 @@ export async function restoreState(o: RestoreStateOptions): Promise<RestoreRepor
     conflicts: [],
     accounts: { users: [], groups: [], notes: [] },
     machineState: { written: [], cloudInit: false },
+    written: [],
+  };
+  const written = new Set<string>();
+  const willWrite = (path: string) => {
+    o.onWrite?.(path);
+    written.add(path);
   };
   const owners = process.getuid?.() === 0;
 
@@ -194,8 +214,10 @@ export async function restoreState(o: RestoreStateOptions): Promise<RestoreRepor
       ['group', 0o644],
       ['shadow', 0o640],
       ['gshadow', 0o640],
-    ] as const)
+    ] as const) {
+      willWrite(`etc/${name}`);
       await replaceFile(o.root, `etc/${name}`, merge.files[name], mode);
+    }
     report.accounts = { users: merge.users, groups: merge.groups, notes: merge.notes };
   }
 
@@ -217,6 +239,7 @@ export async function restoreState(o: RestoreStateOptions): Promise<RestoreRepor
     const existing = await lstat(abs).catch(() => undefined);
     if (item.type === 'dir') {
       if (!existing) {
+        willWrite(item.path);
         await mkdir(abs, { mode: item.mode & 0o7777 });
         await setMeta(abs, item, owners);
         report.restored++;
@@ -230,6 +253,7 @@ export async function restoreState(o: RestoreStateOptions): Promise<RestoreRepor
         report.skipped.push({ path: item.path, reason: 'the new OS has an entry there' });
         continue;
       }
+      willWrite(item.path);
       await symlink(item.target ?? '', abs);
       if (owners) await lchown(abs, item.uid, item.gid);
       report.restored++;
@@ -251,14 +275,18 @@ export async function restoreState(o: RestoreStateOptions): Promise<RestoreRepor
         continue;
       }
       if (rule === 'keep-both') {
-        dest = await freeName(`${abs}.restored`);
-        report.conflicts.push({
-          path: item.path,
-          resolution: 'saved-beside',
-          savedAs: dest.slice(o.root.length + 1),
-        });
+        // A run killed midway may have saved it already: the same copy, not a second one.
+        const saved = item.sha256 ? await savedBeside(abs, item.sha256) : undefined;
+        dest = saved ?? (await freeName(`${abs}.restored`));
+        const savedAs = dest.slice(o.root.length + 1);
+        report.conflicts.push({ path: item.path, resolution: 'saved-beside', savedAs });
+        if (saved) {
+          written.add(savedAs);
+          continue;
+        }
       } else report.conflicts.push({ path: item.path, resolution: 'replaced' });
     }
+    willWrite(dest.slice(o.root.length + 1));
     await writeFromStore(reader, item, dest, owners);
     report.restored++;
     report.bytes += item.size;
@@ -277,6 +305,9 @@ export async function restoreState(o: RestoreStateOptions): Promise<RestoreRepor
     report.machineState.written.push(...(await writeNoCloudSeed(o.root, files)));
     report.machineState.cloudInit = true;
   }
+  // Reported after the fact (they are few and every run writes them again).
+  for (const p of report.machineState.written) willWrite(p.replace(/^\/+/, ''));
+  report.written = [...written].sort();
   return report;
 }
 
@@ -317,6 +348,16 @@ async function fileSha256(path: string): Promise<string> {
   const h = createHash('sha256');
   await pipeline(createReadStream(path), h);
   return h.digest('hex');
+}
+
+/** `<abs>.restored` (or `.restored.N`) holding exactly `sha256`, if there is one. */
+async function savedBeside(abs: string, sha256: string): Promise<string | undefined> {
+  for (let i = 0; ; i++) {
+    const name = i === 0 ? `${abs}.restored` : `${abs}.restored.${i}`;
+    const st = await lstat(name).catch(() => undefined);
+    if (!st) return undefined;
+    if (st.isFile() && (await fileSha256(name)) === sha256) return name;
+  }
 }
 
 async function freeName(base: string): Promise<string> {

@@ -1,14 +1,18 @@
 import { createHash } from 'node:crypto';
-import { lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { keptPaths, runDeployment } from '../../src/agent/deploy.js';
 import type { DeploymentOutcome, DeploymentPlan } from '../../src/agent/deploy.js';
 import { Outbox } from '../../src/agent/outbox.js';
 import { BOOT_CONFIG, labPlatform } from '../../src/agent/platform.js';
+import { readRestoreReport } from '../../src/agent/restore-report.js';
+import type { SavedRestoreReport } from '../../src/agent/restore-report.js';
 import { ContentStore } from '../../src/content/store.js';
 import { captureImage } from '../../src/image/capture.js';
 import { makeMachineTree, makeNewOsTree } from '../../src/lab/machine-tree.js';
 import type { MachineTreeFacts } from '../../src/lab/machine-tree.js';
+import { compareOsTree, osTreeExceptions } from '../../src/lab/os-tree.js';
+import type { OsTreeDifference } from '../../src/lab/os-tree.js';
 import { defaults } from '../../src/package/schema.js';
 
 /**
@@ -21,6 +25,8 @@ export interface DeployFixture {
   dp: string;
   imageId: string;
   peId: string;
+  /** The new OS's tree the image was captured from (what an installed disk is compared with). */
+  newOs: string;
 }
 
 /**
@@ -50,7 +56,7 @@ export async function makeDeployFixture(
   mkdirSync(pe);
   writeFileSync(join(pe, 'agent.bundle'), bundle('pe'));
   const peImg = await captureImage({ source: pe, store, name: 'reimage-pe' });
-  return { dp, imageId: img.record.id, peId: peImg.record.id };
+  return { dp, imageId: img.record.id, peId: peImg.record.id, newOs };
 }
 
 /** A lab machine folder: `disk/` (Debian 12 with users and data), `esp/`, `machine.json`. */
@@ -163,4 +169,23 @@ export async function bootUntilDone(
     }
   }
   throw new Error('the machine did not settle');
+}
+
+/**
+ * The lab's check of an installed machine: its whole disk tree equals the new OS's tree but
+ * for the exceptions of osTreeExceptions (src/lab/os-tree.ts) and the paths of the restore
+ * report the deployment left in the history. Returns the report and the differences.
+ */
+export function installedTreeCheck(
+  root: string,
+  f: DeployFixture,
+  plan: DeploymentPlan,
+): { report: SavedRestoreReport; diff: OsTreeDifference } {
+  const history = keptPaths(root).history;
+  const done = readdirSync(history).filter((d) => d.startsWith(`${plan.id}-`));
+  if (done.length !== 1) throw new Error(`${plan.id}: ${done.length} history folders`);
+  const report = readRestoreReport(join(history, done[0]!));
+  if (!report) throw new Error(`${plan.id}: no restore report in the history`);
+  const diff = compareOsTree(root, f.newOs, osTreeExceptions(plan.wipe, report));
+  return { report, diff };
 }

@@ -105,7 +105,7 @@ export async function captureUpgrade(
   mkdirSync(pe, { recursive: true });
   writeFileSync(join(pe, 'agent.bundle'), peBundle);
   const peImg = await captureImage({ source: pe, store, name: 'reimage-pe' });
-  return { dp, imageId: img.record.id, peId: peImg.record.id };
+  return { dp, imageId: img.record.id, peId: peImg.record.id, newOs: tree };
 }
 
 /**
