@@ -9,7 +9,7 @@ import { answerNotification } from '../src/agent/notify.js';
 import { davWriter } from '../src/content/dav-writer.js';
 import { httpRemote } from '../src/content/remote.js';
 import { defaults } from '../src/package/schema.js';
-import { expectedEnd, prepareDemo, runDemo, USER_PLANS } from '../src/lab/demo.js';
+import { expectedEnd, machineProblems, prepareDemo, runDemo, USER_PLANS } from '../src/lab/demo.js';
 import { startLabDp } from '../src/lab/demo-dp.js';
 import { startLink } from '../src/lab/link.js';
 import { compareUserData, hashUserData } from '../src/lab/users-hash.js';
@@ -224,6 +224,13 @@ describe('lab demo', () => {
         assert.equal(m.clientVersion, r.versions.old, report);
       }
     }
+    assert.deepEqual(
+      r.machines
+        .filter((m) => machineProblems(m).length > 0)
+        .map((m) => [m.name, machineProblems(m)]),
+      [],
+      'installed machines run the image as captured, but for their restore reports',
+    );
     assert.equal(r.ok, true);
   });
 });

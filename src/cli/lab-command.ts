@@ -2,7 +2,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { answerNotification } from '../agent/notify.js';
 import { ReimageError } from '../errors.js';
-import { progressTable, runDemo, type DemoResult, type MachineProgress } from '../lab/demo.js';
+import type { DemoMachineResult, DemoResult, MachineProgress } from '../lab/demo.js';
 import { runFirmware } from '../lab/firmware.js';
 import { createLabMachine } from '../lab/machine.js';
 
@@ -160,6 +160,9 @@ export function registerLabCommands(program: Command): void {
         json?: boolean;
         inProcessFirmware?: boolean;
       }) => {
+        // Loaded here, not at the top: the demo brings the server and the lab, which every
+        // other command would otherwise pay for at start (about 1 s on this machine).
+        const { machineProblems, progressTable, runDemo } = await import('../lab/demo.js');
         const ac = new AbortController();
         const stop = () => ac.abort();
         process.on('SIGINT', stop);
@@ -219,11 +222,13 @@ export function registerLabCommands(program: Command): void {
             process.stdout.write(
               o.json ? `${JSON.stringify(jsonResult(r), null, 2)}\n` : summary(r),
             );
-          const off = r.machines.filter((m) => m.endState !== m.expected || !m.userDataIntact);
+          const off = r.machines
+            .map((m) => ({ name: m.name, problems: machineProblems(m) }))
+            .filter((m) => m.problems.length > 0);
           if (off.length > 0)
             throw new ReimageError(
               'LAB_DEMO_UNEXPECTED',
-              `${off.length} machine(s) did not end as expected: ${off.map((m) => `${m.name} ${m.endState}${m.userDataIntact ? '' : ', user data changed'}`).join('; ')}`,
+              `${off.length} machine(s) did not end as expected: ${off.map((m) => `${m.name}: ${m.problems.join(', ')}`).join('; ')}`,
               { details: { reported: true } },
             );
         } finally {
@@ -250,6 +255,7 @@ function jsonResult(r: DemoResult) {
       userData: m.userData,
       guid: m.guid,
       boots: m.boots,
+      ...(m.endState === 'installed' ? { restoreReport: m.restoreReport, osTree: m.osTree } : {}),
     })),
     ok: r.ok,
     images: r.images,
@@ -264,15 +270,23 @@ function summary(r: DemoResult): string {
     id === r.images.v2 ? 'v2' : id === r.images.v1 ? 'v1' : (id?.slice(0, 12) ?? '-');
   const lines = [
     '',
-    `${'machine'.padEnd(14)} ${'user'.padEnd(12)} ${'end state'.padEnd(14)} image client  data    msgs`,
+    `${'machine'.padEnd(14)} ${'user'.padEnd(12)} ${'end state'.padEnd(14)} image client  data    os tree  msgs`,
     ...r.machines.map(
       (m) =>
-        `${m.name.padEnd(14)} ${m.plan.padEnd(12)} ${(m.endState === m.expected ? m.endState : `${m.endState}!`).padEnd(14)} ${short(m.imageId).padEnd(5)} ${(m.clientVersion ?? '-').padEnd(7)} ${(m.userDataIntact ? 'intact' : 'CHANGED').padEnd(7)} ${String(m.statusMessages).padStart(4)}`,
+        `${m.name.padEnd(14)} ${m.plan.padEnd(12)} ${(m.endState === m.expected ? m.endState : `${m.endState}!`).padEnd(14)} ${short(m.imageId).padEnd(5)} ${(m.clientVersion ?? '-').padEnd(7)} ${(m.userDataIntact ? 'intact' : 'CHANGED').padEnd(7)} ${osTreeCell(m).padEnd(8)} ${String(m.statusMessages).padStart(4)}`,
     ),
     '',
     r.ok
-      ? `every machine ended as expected, user data intact (${r.seconds.toFixed(0)} s; work folder ${r.dir})`
+      ? `every machine ended as expected, user data intact, installed OS trees equal to the image (${r.seconds.toFixed(0)} s; work folder ${r.dir})`
       : `some machines did not end as expected (marked !) (${r.seconds.toFixed(0)} s; work folder ${r.dir})`,
   ];
   return lines.join('\n') + '\n';
+}
+
+/** The summary's "os tree" column: an installed machine's disk against the image. */
+function osTreeCell(m: DemoMachineResult): string {
+  if (m.endState !== 'installed') return '-';
+  const t = m.osTree;
+  if (!t) return '?';
+  return t.missing.length + t.added.length + t.changed.length === 0 ? '= image' : 'DIFFERS';
 }

@@ -222,6 +222,26 @@ export interface DemoResult {
   dir: string;
 }
 
+/**
+ * What is wrong with a machine at the end of the demo (nothing: it ended as expected, user
+ * data intact, and an installed one runs the image as captured but for its restore report).
+ */
+export function machineProblems(m: DemoMachineResult): string[] {
+  const out: string[] = [];
+  if (m.endState !== m.expected) out.push(`${m.endState}, expected ${m.expected}`);
+  if (!m.userDataIntact) out.push('user data changed');
+  if (m.endState === 'installed') {
+    if (!m.restoreReport) out.push('no restore report');
+    const t = m.osTree;
+    if (!t) out.push('OS tree not compared');
+    else if (t.missing.length + t.added.length + t.changed.length > 0)
+      out.push(
+        `OS tree differs from the image (${t.missing.length} missing, ${t.added.length} added, ${t.changed.length} changed)`,
+      );
+  }
+  return out;
+}
+
 /** The end state the plan leads to under the demo's policies (no answer: install, or wait for consent). */
 export function expectedEnd(plan: UserPlan, fault?: MachineFault | 'corrupt-dp'): EndState {
   if (fault && plan !== 'decline' && plan !== 'consent-none') return 'failed';
@@ -1019,16 +1039,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       machines,
       images: lab.images,
       versions: lab.versions,
-      ok: machines.every(
-        (m) =>
-          m.endState === m.expected &&
-          m.userDataIntact &&
-          (m.endState !== 'installed' ||
-            (!!m.restoreReport &&
-              m.osTree?.missing.length === 0 &&
-              m.osTree.added.length === 0 &&
-              m.osTree.changed.length === 0)),
-      ),
+      ok: machines.every((m) => machineProblems(m).length === 0),
       seconds: (Date.now() - started) / 1000,
       server: lab.server.url,
       dir: lab.dir,
