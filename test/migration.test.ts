@@ -213,7 +213,7 @@ describe('state migration: capture → wipe → new OS → restore', () => {
     assert.deepEqual(r1.written, [...new Set(r1.written)].sort());
     for (const [p, v] of after1) {
       if (image.get(p) === v) continue;
-      const holder = v === 'dir' && r1.written.some((w) => w.startsWith(`${p}/`));
+      const holder = v.startsWith('dir ') && r1.written.some((w) => w.startsWith(`${p}/`));
       assert.ok(r1.written.includes(p) || holder, `${p} changed but is not listed`);
     }
     for (const p of image.keys()) assert.ok(after1.has(p), `${p} of the new OS is gone`);

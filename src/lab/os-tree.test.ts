@@ -51,10 +51,11 @@ describe('the lab’s comparison of an installed disk with its image', () => {
       { 'etc/localtime': '/usr/share/zoneinfo/Europe/Paris' },
     );
     fs.mkdirSync(path.join(disk, 'etc/reimage'));
+    fs.chmodSync(path.join(disk, 'var/lib/dpkg/status'), 0o600); // same bytes, another mode
     const d = compareOsTree(disk, image, osTreeExceptions(wipe, { written: [], notPlaced: [] }));
     assert.deepEqual(d.missing, ['usr/bin/ls']);
     assert.deepEqual(d.added, ['usr/bin/old-tool']);
-    assert.deepEqual(d.changed.sort(), ['etc/fstab', 'etc/localtime']);
+    assert.deepEqual(d.changed.sort(), ['etc/fstab', 'etc/localtime', 'var/lib/dpkg/status']);
   });
 
   it('excepts the report’s paths (and folders made for them), kept data and the agent’s areas — nothing else', () => {

@@ -13,7 +13,10 @@ import { KEPT } from '../agent/deploy.js';
 import { readRestoreReport, RESTORE_REPORT } from '../agent/restore-report.js';
 import type { SavedRestoreReport } from '../agent/restore-report.js';
 
-/** Tree-relative path → `dir`, `file <sha256>` or `link <target>` (other types: their kind). */
+/**
+ * Tree-relative path → `dir MODE UID:GID`, `file MODE UID:GID <sha256>` or `link <target>`
+ * (other types: their kind). MODE is the permission bits in octal; times are not compared.
+ */
 export type TreeListing = Map<string, string>;
 
 /** Lists a tree without following links; `skip(rel)` leaves a path (and what is below) out. */
@@ -24,12 +27,20 @@ export function listTree(root: string, skip: (rel: string) => boolean): TreeList
       const r = rel === '' ? d.name : `${rel}/${d.name}`;
       if (skip(r)) continue;
       const abs = path.join(root, r);
+      if (d.isSymbolicLink()) {
+        out.set(r, `link ${fs.readlinkSync(abs)}`);
+        continue;
+      }
+      const st = fs.lstatSync(abs);
+      const meta = `${(st.mode & 0o7777).toString(8)} ${st.uid}:${st.gid}`;
       if (d.isDirectory()) {
-        out.set(r, 'dir');
+        out.set(r, `dir ${meta}`);
         walk(r);
-      } else if (d.isSymbolicLink()) out.set(r, `link ${fs.readlinkSync(abs)}`);
-      else if (d.isFile())
-        out.set(r, `file ${createHash('sha256').update(fs.readFileSync(abs)).digest('hex')}`);
+      } else if (d.isFile())
+        out.set(
+          r,
+          `file ${meta} ${createHash('sha256').update(fs.readFileSync(abs)).digest('hex')}`,
+        );
       else out.set(r, 'special');
     }
   };
@@ -113,7 +124,8 @@ export function compareOsTree(disk: string, image: string, x: OsTreeExceptions):
     else if (got !== v) diff.changed.push(p);
   }
   for (const [p, v] of have)
-    if (!want.has(p) && !x.listed.has(p) && !(v === 'dir' && holders.has(p))) diff.added.push(p);
+    if (!want.has(p) && !x.listed.has(p) && !(v.startsWith('dir ') && holders.has(p)))
+      diff.added.push(p);
   return diff;
 }
 

@@ -168,7 +168,8 @@ export interface RestoreReport {
    * the merged account files, the restored folders, symlinks and files, the `.restored`
    * copies beside conflicts, the machine state's direct writes and the cloud-init seed.
    * Folders made only to hold one of them are not listed; a file already there with the same
-   * content is not written, so not listed. Paths only: never any content.
+   * content is not written, so not listed, unless its mode or owner had to be put back. Paths
+   * only: never any content.
    */
   written: string[];
 }
@@ -266,8 +267,14 @@ export async function restoreState(o: RestoreStateOptions): Promise<RestoreRepor
         continue;
       }
       if ((await fileSha256(abs)) === item.sha256) {
+        // The same content: nothing to resolve; a mode or owner put back is still a change.
+        if (
+          (existing.mode & 0o7777) !== (item.mode & 0o7777) ||
+          (owners && (existing.uid !== item.uid || existing.gid !== item.gid))
+        )
+          willWrite(item.path);
         await setMeta(abs, item, owners);
-        continue; // the same content: nothing to resolve
+        continue;
       }
       const rule: ConflictRule = conflictRule(item.kind, o.conflict ?? 'keep-user');
       if (rule === 'keep-image') {
