@@ -1122,12 +1122,21 @@ type RunState = {
 };
 
 /**
+ * How long a machine that reached its end state may take to finish (the cleanup step, the new
+ * client's first inventory) before the lab pulls its power anyway. Normally a few seconds; 30 s
+ * was too short once under CI load (a fleet machine powered off after 5003, before its
+ * cleanup: no restore report, old inventory). A machine cut by this limit fails the lab's
+ * checks (machineProblems), it is not hidden.
+ */
+const SETTLE_MS = 180_000;
+
+/**
  * Whether a machine that reached its end state may be powered off: its deployment is over on
  * the disk (no plan in the kept area) and, when installed, the new client has reported its
- * inventory — or 30 s went by.
+ * inventory — or {@link SETTLE_MS} went by.
  */
 function settled(s: RunState, lab: DemoLab): boolean {
-  if (Date.now() - s.settledAt > 30_000) return true;
+  if (Date.now() - s.settledAt > SETTLE_MS) return true;
   if (fs.existsSync(path.join(s.m.disk, '.reimage/deployment/plan.json'))) return false;
   if (s.endState !== 'installed') return true;
   return (
