@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { answerNotification } from '../src/agent/notify.js';
-import { expectedEnd, runDemo } from '../src/lab/demo.js';
+import { expectedEnd, prepareDemo, runDemo } from '../src/lab/demo.js';
 import type { DemoLab, UserPlan } from '../src/lab/demo.js';
 import { compareOsTree, findRestoreReport, osTreeExceptions } from '../src/lab/os-tree.js';
 import { defaults } from '../src/package/schema.js';
@@ -55,6 +55,22 @@ function inOrder(ids: number[], want: number[]): boolean {
 }
 
 describe('lab fleet', () => {
+  it('opaque and serverless indexes out of range, in both, or with a consent plan: refused, nothing made', async () => {
+    const dir = path.join(work, 'refused');
+    for (const [o, re] of [
+      [{ opaque: [3] }, /opaque machine 3 is not one of 0-2/],
+      [{ serverless: [-1] }, /serverless machine -1 is not one of 0-2/],
+      [{ opaque: [1], serverless: [1] }, /machine 1 cannot be opaque and serverless/],
+      [{ serverless: [2], plan: () => 'consent-now' as const }, /plan consent-now/],
+    ] as const) {
+      await assert.rejects(
+        prepareDemo({ dir, machines: 3, ...o }),
+        (e: Error & { code?: string }) => e.code === 'INVALID_ARGUMENT' && re.test(e.message),
+      );
+      assert.equal(fs.existsSync(dir), false, 'nothing made');
+    }
+  });
+
   it('20 machines, every notification path, to their end states; the lab checks trees, data, GUIDs and timelines', async () => {
     const dir = path.join(work, 'fleet');
     let seen: Seen | undefined;

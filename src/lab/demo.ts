@@ -172,7 +172,7 @@ export interface DemoOptions {
    * main one) advertised to a collection of only these machines (docs/lab.md, "Opaque and
    * serverless machines"). Their plans may not be consent-*.
    */
-  opaque?: number[];
+  opaque?: readonly number[];
   /**
    * Machines (0-based indexes) deployed **serverless**: their client reads a folder (`share/`
    * of the work folder) where the demo publishes an advertisement of the main package, signed
@@ -180,7 +180,7 @@ export interface DemoOptions {
    * `share/status`, which the demo imports into the server while it follows the timelines.
    * Their plans may not be consent-*.
    */
-  serverless?: number[];
+  serverless?: readonly number[];
 }
 
 /** How a machine gets its deployment: the server's policy, an opaque package, or a published folder. */
