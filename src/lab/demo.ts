@@ -23,16 +23,19 @@
  *    lab's comparison, never the agent's report).
  */
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { publishAdvertisement, type Publication } from '../cli/serverless.js';
 import { ApiClient } from '../client/http.js';
 import { ContentStore } from '../content/store.js';
 import { ReimageError } from '../errors.js';
-import { captureImage } from '../image/capture.js';
+import { captureImage, setProperties } from '../image/capture.js';
+import { exportImage, importFile } from '../image/convert.js';
+import { loadFormats } from '../image/formats/registry.js';
 import { defaults } from '../package/schema.js';
 import { startServer, type RunningServer } from '../server/start.js';
 import { buildAgentBundle } from './bundle.js';
@@ -163,7 +166,25 @@ export interface DemoOptions {
    * every 2 s), before any is advertised to.
    */
   advertise?: (lab: DemoLab) => Promise<void>;
+  /**
+   * Machines (0-based indexes) deployed from an **opaque** image: v2 exported as a tar.zst file
+   * and imported as is (`images.opaque`), in a package of its own (same PE and settings as the
+   * main one) advertised to a collection of only these machines (docs/lab.md, "Opaque and
+   * serverless machines"). Their plans may not be consent-*.
+   */
+  opaque?: readonly number[];
+  /**
+   * Machines (0-based indexes) deployed **serverless**: their client reads a folder (`share/`
+   * of the work folder) where the demo publishes an advertisement of the main package, signed
+   * with a key of its own; they never talk to the server. Their status lands as drop files in
+   * `share/status`, which the demo imports into the server while it follows the timelines.
+   * Their plans may not be consent-*.
+   */
+  serverless?: readonly number[];
 }
+
+/** How a machine gets its deployment: the server's policy, an opaque package, or a published folder. */
+export type DemoVia = 'server' | 'opaque' | 'serverless';
 
 /** One line of the progress table. */
 export interface MachineProgress {
@@ -180,12 +201,22 @@ export interface DemoMachineResult {
   name: string;
   site: string;
   plan: UserPlan;
+  /** How the machine got its deployment (see DemoOptions.opaque and .serverless). */
+  via: DemoVia;
   fault?: MachineFault | 'corrupt-dp';
   expected: EndState;
   endState: EndState;
-  /** The applied image id in the server's inventory of the machine. */
+  /**
+   * The applied image id in the server's inventory of the machine. A serverless machine sends
+   * no inventory: the image its timeline reports last (1001, 5003).
+   */
   imageId: string | null;
-  /** The client version in the server's inventory of the machine. */
+  /** The image an installed machine must run: v2, or the opaque image for an opaque machine. */
+  expectedImageId: string;
+  /**
+   * The client version in the server's inventory of the machine; for a serverless machine the
+   * version its timeline reports last (1000, 1001, 5000, 5003).
+   */
   clientVersion: string | null;
   /** The lab's comparison of the user data before and after. */
   userDataIntact: boolean;
@@ -211,9 +242,17 @@ export interface DemoMachineResult {
   osTree?: { compared: number; missing: string[]; added: string[]; changed: string[] };
 }
 
+/** The demo's images; `opaque` (v2 as an opaque tar.zst) only when machines use it. */
+export interface DemoImages {
+  v1: string;
+  v2: string;
+  pe: string;
+  opaque?: string;
+}
+
 export interface DemoResult {
   machines: DemoMachineResult[];
-  images: { v1: string; v2: string; pe: string };
+  images: DemoImages;
   versions: { old: string; new: string };
   /** Every machine ended as expected, user data intact; an installed one runs the image (osTree). */
   ok: boolean;
@@ -231,6 +270,8 @@ export function machineProblems(m: DemoMachineResult): string[] {
   if (m.endState !== m.expected) out.push(`${m.endState}, expected ${m.expected}`);
   if (!m.userDataIntact) out.push('user data changed');
   if (m.endState === 'installed') {
+    if (m.imageId !== m.expectedImageId)
+      out.push(`runs image ${m.imageId ?? 'none'}, expected ${m.expectedImageId}`);
     if (!m.restoreReport) out.push('no restore report');
     const t = m.osTree;
     if (!t) out.push('OS tree not compared');
@@ -272,9 +313,20 @@ export interface DemoMachine {
   dir: string;
   disk: string;
   plan: UserPlan;
+  via: DemoVia;
   /** The fault planted on the machine or its site's DP, if any. */
   fault?: MachineFault | 'corrupt-dp';
   before: UserDataSnapshot;
+}
+
+/** Where serverless machines read their advertisement and drop their status. */
+export interface DemoShare {
+  /** The published folder (a content store); `status/` in it is the drop folder. */
+  dir: string;
+  drop: string;
+  /** The publishing key (kept outside the share). */
+  key: KeyObject;
+  publicKeyPem: string;
 }
 
 /** The prepared lab: server, sites, images, packages, machines (not yet booted). */
@@ -283,9 +335,11 @@ export interface DemoLab {
   server: RunningServer;
   api: ApiClient;
   sites: DemoSite[];
-  images: { v1: string; v2: string; pe: string };
+  images: DemoImages;
   versions: { old: string; new: string };
   machines: DemoMachine[];
+  /** The serverless machines' folder, when there are any. */
+  share?: DemoShare;
   /** Creates the advertisement (after the user data was hashed). */
   advertise(): Promise<void>;
   /** The settings document the demo's packages use (JSON). */
@@ -314,6 +368,8 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
   for (let i = 0; i < count; i++)
     if (!siteNames.includes(siteOf(i)))
       throw new ReimageError('INVALID_ARGUMENT', `machine ${i} is at ${siteOf(i)}, not a site`);
+  const planOf = o.plan ?? ((i: number) => USER_PLANS[i % USER_PLANS.length]!);
+  const viaOf = machineVia(count, o.opaque ?? [], o.serverless ?? [], planOf);
   prepareWorkFolder(dir);
 
   const closers: Array<() => Promise<void> | void> = [];
@@ -375,7 +431,34 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
       description: `PE with agent ${versions.new}`,
       properties: { arch: 'amd64' },
     });
-    const images = { v1: v1.record.id, v2: v2.record.id, pe: pe.record.id };
+    const images: DemoImages = { v1: v1.record.id, v2: v2.record.id, pe: pe.record.id };
+    if (viaOf.includes('opaque')) {
+      // The same v2, as a third-party file would bring it: a tar.zst stored as is (opaque).
+      const registry = await loadFormats();
+      const file = path.join(dir, 'opaque', 'lab-desktop-v2.tar.zst');
+      fs.mkdirSync(path.dirname(file), { recursive: true });
+      await exportImage({
+        store: library,
+        registry,
+        image: images.v2,
+        format: 'tar.zst',
+        out: file,
+      });
+      const { record } = await importFile({
+        store: library,
+        registry,
+        file,
+        name: 'lab-desktop-v2-tarzst',
+        format: 'tar.zst',
+        opaque: true,
+        description: `lab model v2 as an opaque tar.zst file, client ${versions.new}`,
+        properties: (base) => setProperties(base, props),
+      });
+      images.opaque = record.id;
+      log(
+        `v2 exported as ${path.relative(dir, file)} (${fs.statSync(file).size} bytes) and imported opaque: ${record.id.slice(0, 12)}`,
+      );
+    }
     log(
       `images captured: v1 ${images.v1.slice(0, 12)}, v2 ${images.v2.slice(0, 12)} ` +
         `(${changes.changed} files changed, ${changes.added} added, ${changes.removed} removed), PE ${images.pe.slice(0, 12)}`,
@@ -445,7 +528,13 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
       // A site whose DP is broken must not be rescued by another site's DP.
       ...(Object.keys(siteFaults).length > 0 ? { content: { fallback: false } } : {}),
     };
-    const pkg = (name: string, version: string, imageId: string, withPe: boolean) => ({
+    const pkg = (
+      name: string,
+      version: string,
+      imageId: string,
+      withPe: boolean,
+      format: 'native' | 'opaque' = 'native',
+    ) => ({
       definition: JSON.stringify({
         apiVersion: 'reimage/v1',
         kind: 'PackageDefinition',
@@ -453,6 +542,7 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
         version,
         description: `lab demo: ${name}`,
         image: { id: imageId },
+        ...(format === 'opaque' ? { format } : {}),
         ...(withPe ? { pe: { name: 'reimage-pe' } } : {}),
       }),
       settings: JSON.stringify(settings),
@@ -475,10 +565,15 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
       body: pkg('reimage-pe', versions.new, images.pe, false),
     });
     const dpNames = sites.map((s) => `dp-${s.name}`);
+    if (images.opaque)
+      await api.request('POST', '/api/v1/packages', {
+        body: pkg('lab-desktop-opaque', '2.0', images.opaque, true, 'opaque'),
+      });
     const distributed = [
       'lab-desktop@2.0',
       'lab-desktop-consent@2.0',
       `reimage-pe@${versions.new}`,
+      ...(images.opaque ? ['lab-desktop-opaque@2.0'] : []),
     ];
     for (const p of distributed)
       await api.request('POST', `/api/v1/packages/${encodeURIComponent(p)}/distribute`, {
@@ -490,9 +585,30 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
       if (siteFaults[site.name] === 'corrupt-dp')
         log(`site ${site.name}: ${corruptPacks(site.dp.root)} packs corrupted on dp-${site.name}`);
 
+    // ---- the serverless machines' share: a folder and a publishing key of its own
+    let share: DemoShare | undefined;
+    if (viaOf.includes('serverless')) {
+      const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+      const shareDir = path.join(dir, 'share');
+      // Made now (an empty content store and its drop folder): a machine whose location is
+      // missing takes it for a share not mounted.
+      ContentStore.open(shareDir, { create: true });
+      fs.mkdirSync(path.join(shareDir, 'status'), { recursive: true });
+      fs.writeFileSync(
+        path.join(dir, 'share-key.pem'),
+        privateKey.export({ format: 'pem', type: 'pkcs8' }),
+        { mode: 0o600 },
+      );
+      share = {
+        dir: shareDir,
+        drop: path.join(shareDir, 'status'),
+        key: privateKey,
+        publicKeyPem: publicKey.export({ format: 'pem', type: 'spki' }).toString(),
+      };
+    }
+
     // ---- machines
     const machines: DemoMachine[] = [];
-    const planOf = o.plan ?? ((i: number) => USER_PLANS[i % USER_PLANS.length]!);
     const atSite = new Map<string, number>();
     for (let i = 0; i < count; i++) {
       const siteIndex = siteNames.indexOf(siteOf(i));
@@ -513,7 +629,8 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
         ...(fault === 'wrong-arch' ? { arch: 'arm64' } : {}),
       });
       if (fault === 'wrong-os') plantFedora(m.disk);
-      configureClient(m.disk, server.url, site);
+      if (viaOf[i] === 'serverless') configureServerless(m.disk, share!);
+      else configureClient(m.disk, server.url, site);
       markApplied(m.disk, images.v1);
       const siteFault = siteFaults[site.name];
       machines.push({
@@ -522,6 +639,7 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
         dir: mdir,
         disk: m.disk,
         plan: planOf(i),
+        via: viaOf[i]!,
         ...(fault || siteFault ? { fault: fault ?? siteFault } : {}),
         before: hashUserData(m.disk, defaults.osPaths),
       });
@@ -530,17 +648,22 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
       `${count} lab machines created, ${machines.reduce((n, m) => n + Object.keys(m.before).length, 0)} user files hashed`,
     );
 
+    const namesOf = (pick: (m: DemoMachine) => boolean) =>
+      machines.filter(pick).map((m) => JSON.stringify(m.name));
     const advertise = async () => {
-      const consent = machines
-        .filter((m) => needsConsent(m.plan))
-        .map((m) => JSON.stringify(m.name));
+      const consent = namesOf((m) => needsConsent(m.plan));
+      // The opaque and serverless machines have advertisements of their own.
+      const excluded = [...consent, ...namesOf((m) => m.via !== 'server')];
       const sitesRule = `site in [${siteNames.map((s) => JSON.stringify(s)).join(', ')}]`;
       await api.request('POST', '/api/v1/collections', {
         body: {
           name: 'lab-machines',
-          description: 'every machine of the lab demo (but those that ask for consent)',
+          description:
+            'every machine of the lab demo (but those that ask for consent, and the opaque and serverless ones)',
           rule:
-            consent.length > 0 ? `${sitesRule} and name not in [${consent.join(', ')}]` : sitesRule,
+            excluded.length > 0
+              ? `${sitesRule} and name not in [${excluded.join(', ')}]`
+              : sitesRule,
         },
       });
       if (consent.length > 0) {
@@ -580,6 +703,68 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
       );
     };
 
+    /** The opaque machines' and the serverless machines' advertisements (after the main one). */
+    const advertiseOthers = async () => {
+      const policy = {
+        countdown: `${countdown}s`,
+        message: 'Your computer moves to the new lab desktop. Save your work.',
+      };
+      const opaque = namesOf((m) => m.via === 'opaque');
+      if (opaque.length > 0) {
+        await api.request('POST', '/api/v1/collections', {
+          body: {
+            name: 'lab-opaque',
+            description: 'lab machines deployed from the opaque tar.zst package',
+            rule: `name in [${opaque.join(', ')}]`,
+          },
+        });
+        await api.request('POST', '/api/v1/advertisements', {
+          body: {
+            name: 'lab-desktop-opaque-rollout',
+            package: 'lab-desktop-opaque@2.0',
+            collection: 'lab-opaque',
+            policy,
+          },
+        });
+        log(
+          `advertisement lab-desktop-opaque-rollout (opaque tar.zst image): ${opaque.join(', ')}`,
+        );
+      }
+      const serverless = machines.filter((m) => m.via === 'serverless').map((m) => m.name);
+      if (serverless.length > 0 && share) {
+        // Nobody in it enrolled: the publication names the machines, as `--machine NAME`.
+        await api.request('POST', '/api/v1/collections', {
+          body: {
+            name: 'lab-serverless',
+            description: 'lab machines deployed serverless (published to a folder)',
+            rule: `name in [${serverless.map((n) => JSON.stringify(n)).join(', ')}]`,
+          },
+        });
+        await api.request('POST', '/api/v1/advertisements', {
+          body: {
+            name: 'lab-desktop-serverless',
+            package: 'lab-desktop@2.0',
+            collection: 'lab-serverless',
+            policy,
+          },
+        });
+        const publication = await api.request<Publication>(
+          'GET',
+          '/api/v1/advertisements/lab-desktop-serverless/publication',
+        );
+        const r = await publishAdvertisement({
+          publication,
+          from: [library.root],
+          to: share.dir,
+          key: share.key,
+          machines: serverless,
+        });
+        log(
+          `advertisement lab-desktop-serverless published to ${path.relative(dir, share.dir)}/ (signed; ${r.copy.filesCopied} files copied): ${serverless.join(', ')}`,
+        );
+      }
+    };
+
     const lab: DemoLab = {
       dir,
       server,
@@ -588,8 +773,12 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
       images,
       versions,
       machines,
+      ...(share ? { share } : {}),
       settings,
-      advertise: o.advertise ? () => o.advertise!(lab) : advertise,
+      advertise: async () => {
+        await (o.advertise ? o.advertise(lab) : advertise());
+        await advertiseOthers();
+      },
       close,
     };
     return lab;
@@ -720,6 +909,56 @@ function changeTree(root: string): { changed: number; added: number; removed: nu
     );
   fs.writeFileSync(path.join(root, 'etc/lab-desktop-release'), 'LAB_DESKTOP_VERSION=2.0\n');
   return { changed, added: 7, removed };
+}
+
+/** How each machine gets its deployment, from the options' indexes (checked). */
+function machineVia(
+  count: number,
+  opaque: readonly number[],
+  serverless: readonly number[],
+  planOf: (i: number) => UserPlan,
+): DemoVia[] {
+  const via: DemoVia[] = Array.from({ length: count }, () => 'server');
+  for (const [kind, list] of [
+    ['opaque', opaque],
+    ['serverless', serverless],
+  ] as const)
+    for (const i of list) {
+      if (!Number.isSafeInteger(i) || i < 0 || i >= count)
+        throw new ReimageError(
+          'INVALID_ARGUMENT',
+          `${kind} machine ${i} is not one of 0-${count - 1}`,
+        );
+      if (via[i] !== 'server')
+        throw new ReimageError('INVALID_ARGUMENT', `machine ${i} cannot be ${via[i]} and ${kind}`);
+      if (needsConsent(planOf(i)))
+        throw new ReimageError(
+          'INVALID_ARGUMENT',
+          `${kind} machine ${i} has plan ${planOf(i)}: its package asks for no consent`,
+        );
+      via[i] = kind;
+    }
+  return via;
+}
+
+/**
+ * Points the machine's client at the share instead of a server: the folder and the publishing
+ * public key; no server, no credential, no enrollment token (it never enrolls: its client picks
+ * its GUID at the first run).
+ */
+function configureServerless(disk: string, share: DemoShare): void {
+  const etc = path.join(disk, 'etc/reimage');
+  fs.mkdirSync(etc, { recursive: true, mode: 0o750 });
+  for (const f of ['credential', 'policy-cache.json', 'enrollment-token'])
+    fs.rmSync(path.join(etc, f), { force: true });
+  fs.writeFileSync(
+    path.join(etc, 'client.json'),
+    JSON.stringify(
+      { serverless: { location: share.dir, publicKey: share.publicKeyPem }, pollSeconds: 2 },
+      null,
+      2,
+    ) + '\n',
+  );
 }
 
 /** Points the machine's client at the demo's server, with its site's enrollment token. */
@@ -917,16 +1156,31 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
         '/api/v1/machines',
       );
       const known = new Set(items.map((x) => x.name));
-      if (state.every((s) => known.has(s.m.name) || s.halted) || Date.now() > timeoutAt) break;
+      // A serverless machine never enrolls: the server learns of it from its drop files.
+      const waiting = state.filter((s) => s.m.via !== 'serverless');
+      if (waiting.every((s) => known.has(s.m.name) || s.halted) || Date.now() > timeoutAt) break;
       await sleep(500);
     }
-    log(`every machine enrolled`);
+    log(`every machine enrolled${lab.share ? ' (but the serverless ones)' : ''}`);
     await lab.advertise();
+    // The serverless machines' status: the drop folder imported as `reimage status import` does.
+    const importDrop = async () => {
+      if (!lab.share) return;
+      const r = await lab.api.request<{
+        files: number;
+        machinesCreated: string[];
+        rejected: Array<{ file: string; code: string; message: string }>;
+      }>('POST', '/api/v1/status/import', { body: { folder: lab.share.drop } });
+      for (const g of r.machinesCreated) log(`status import: serverless machine ${g} recorded`);
+      for (const x of r.rejected) log(`status import: ${x.file} rejected: ${x.code} ${x.message}`);
+    };
 
     // The simulated users and the progress, until every machine is done.
     const halted = new Map<string, boolean>(); // advertisement id → its rollout halted
     for (;;) {
       if (o.signal?.aborted) throw new ReimageError('CANCELLED', 'the demo was stopped');
+      if (state.some((s) => s.m.via === 'serverless' && !s.power.signal.aborted))
+        await importDrop();
       const servers = await lab.api.request<{ items: ServerMachine[] }>('GET', '/api/v1/machines');
       halted.clear();
       for (const s of state) {
@@ -979,6 +1233,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       await sleep(1000);
     }
     await Promise.all(state.map((s) => s.firmware));
+    await importDrop(); // what the serverless machines dropped before they were powered off
 
     // Final figures, from the server and from the disks.
     const v2Tree = path.join(lab.dir, 'trees', 'model-v2');
@@ -998,8 +1253,9 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       const cmp = compareUserData(s.m.before, hashUserData(s.m.disk, defaults.osPaths));
       // An installed machine runs the image: the whole tree, the restore's paths aside.
       let installed: Pick<DemoMachineResult, 'restoreReport' | 'osTree'> = {};
+      const expectedImageId = expectedImageOf(s.m, lab.images);
       if (s.endState === 'installed') {
-        const found = findRestoreReport(s.m.disk, lab.images.v2);
+        const found = findRestoreReport(s.m.disk, expectedImageId);
         const d = compareOsTree(
           s.m.disk,
           v2Tree,
@@ -1014,11 +1270,12 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
         name: s.m.name,
         site: s.m.site,
         plan: s.m.plan,
+        via: s.m.via,
         ...(s.m.fault ? { fault: s.m.fault } : {}),
         expected: expectedEnd(s.m.plan, s.m.fault),
         endState: s.endState ?? 'timeout',
-        imageId: sm?.appliedImageId ?? null,
-        clientVersion: sm?.clientVersion ?? null,
+        ...reportedBy(s.m, sm, items),
+        expectedImageId,
         userDataIntact: cmp.intact,
         statusMessages: items.length,
         userData: {
@@ -1139,9 +1396,40 @@ function settled(s: RunState, lab: DemoLab): boolean {
   if (Date.now() - s.settledAt > SETTLE_MS) return true;
   if (fs.existsSync(path.join(s.m.disk, '.reimage/deployment/plan.json'))) return false;
   if (s.endState !== 'installed') return true;
-  return (
-    s.inventory?.clientVersion === lab.versions.new && s.inventory.appliedImageId === lab.images.v2
-  );
+  const r = reportedBy(s.m, s.inventory, s.items);
+  return r.clientVersion === lab.versions.new && r.imageId === expectedImageOf(s.m, lab.images);
+}
+
+/** The image an installed machine must run: the opaque copy of v2 for an opaque machine. */
+function expectedImageOf(m: DemoMachine, images: DemoImages): string {
+  return m.via === 'opaque' && images.opaque ? images.opaque : images.v2;
+}
+
+/**
+ * The machine's applied image and client version as the server knows them: its inventory; for
+ * a serverless machine, which sends no inventory, the last its imported timeline reports (1001
+ * and 5003 name the image; 1000, 1001, 5000 and 5003 the client version).
+ */
+function reportedBy(
+  m: DemoMachine,
+  inventory: ServerMachine | undefined,
+  items: readonly TimelineItem[],
+): { imageId: string | null; clientVersion: string | null } {
+  if (m.via !== 'serverless')
+    return {
+      imageId: inventory?.appliedImageId ?? null,
+      clientVersion: inventory?.clientVersion ?? null,
+    };
+  const last = (ids: number[], key: string): string | null => {
+    const v = items.findLast(
+      (i) => ids.includes(i.messageId) && typeof i.properties[key] === 'string',
+    )?.properties[key];
+    return typeof v === 'string' ? v : null;
+  };
+  return {
+    imageId: last([1001, 5003], 'image'),
+    clientVersion: last([1000, 1001, 5000, 5003], 'clientVersion'),
+  };
 }
 
 /** The simulated user of one machine: answers a notification it has not answered yet. */
