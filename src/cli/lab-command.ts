@@ -18,6 +18,12 @@ function wholeNumber(flag: string, min: number): (v: string) => number {
   };
 }
 
+/** A comma-separated list of machine indexes (`--opaque 2,5`). */
+function indexList(flag: string): (v: string) => number[] {
+  const one = wholeNumber(flag, 0);
+  return (v) => v.split(',').map((x) => one(x.trim()));
+}
+
 /** `reimage lab …`: lab machines (docs/lab.md). */
 export function registerLabCommands(program: Command): void {
   const lab = program.command('lab').description('simulated machines: create them, boot them');
@@ -147,6 +153,16 @@ export function registerLabCommands(program: Command): void {
     )
     .option('--json', "print the machines' end states as one JSON document at the end")
     .option(
+      '--opaque <i,...>',
+      'machines (indexes from 0, in creation order) deployed from an opaque tar.zst package of v2',
+      indexList('--opaque'),
+    )
+    .option(
+      '--serverless <i,...>',
+      'machines (indexes from 0) deployed serverless from a signed publication on a share folder',
+      indexList('--serverless'),
+    )
+    .option(
       '--in-process-firmware',
       "run the machines' firmware loops in this process instead of one `reimage lab boot` process each",
     )
@@ -158,6 +174,8 @@ export function registerLabCommands(program: Command): void {
         timeout?: number;
         untilDone?: boolean;
         json?: boolean;
+        opaque?: number[];
+        serverless?: number[];
         inProcessFirmware?: boolean;
       }) => {
         // Loaded here, not at the top: the demo brings the server and the lab, which every
@@ -195,6 +213,8 @@ export function registerLabCommands(program: Command): void {
             countdownSeconds: o.countdown,
             timeoutMs: o.timeout === undefined ? undefined : o.timeout * 1000,
             answer: answerNotification,
+            ...(o.opaque ? { opaque: o.opaque } : {}),
+            ...(o.serverless ? { serverless: o.serverless } : {}),
             firmware: o.inProcessFirmware ? 'in-process' : 'process',
             signal: ac.signal,
             log: (line) => {
@@ -251,7 +271,9 @@ function jsonResult(r: DemoResult) {
       statusMessages: m.statusMessages,
       site: m.site,
       plan: m.plan,
+      via: m.via,
       expected: m.expected,
+      expectedImageId: m.expectedImageId,
       userData: m.userData,
       guid: m.guid,
       boots: m.boots,
