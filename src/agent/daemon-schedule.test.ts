@@ -48,6 +48,15 @@ const ctx = (a: PolicyAdvertisement, now = T0, appliedImageId?: string) => ({
 
 const rec = (over: Partial<AdRecord> = {}): AdRecord => ({ ...newAdRecord('ad-1', T0), ...over });
 
+/** A finished run of the record: started and ended at these times, with this outcome. */
+const ran = (startedAt: number, endedAt: number, outcome: string, deployment = 'd') => ({
+  deployment,
+  startedAt: iso(startedAt),
+  endedAt: iso(endedAt),
+  why: 'x',
+  outcome,
+});
+
 describe('decide: one advertisement at one time', () => {
   it('table of cases', () => {
     const cases: [string, PolicyAdvertisement, AdRecord, number, string][] = [
@@ -70,15 +79,7 @@ describe('decide: one advertisement at one time', () => {
         'failed once, 15 min ago: again',
         ad(),
         rec({
-          runs: [
-            {
-              deployment: 'd',
-              startedAt: iso(T0 - H),
-              endedAt: iso(T0 - H / 4),
-              why: 'x',
-              outcome: 'failed',
-            },
-          ],
+          runs: [ran(T0 - H, T0 - H / 4, 'failed')],
         }),
         T0,
         'ask start',
@@ -87,15 +88,7 @@ describe('decide: one advertisement at one time', () => {
         'failed once, just now: wait (retryAfter, 15 min by default)',
         ad(),
         rec({
-          runs: [
-            {
-              deployment: 'd',
-              startedAt: iso(T0 - H),
-              endedAt: iso(T0),
-              why: 'x',
-              outcome: 'failed',
-            },
-          ],
+          runs: [ran(T0 - H, T0, 'failed')],
         }),
         T0 + H / 4 - 1,
         'wait retry-later',
@@ -105,20 +98,8 @@ describe('decide: one advertisement at one time', () => {
         ad(),
         rec({
           runs: [
-            {
-              deployment: 'd',
-              startedAt: iso(T0 - 3 * H),
-              endedAt: iso(T0 - 2 * H),
-              why: 'x',
-              outcome: 'failed',
-            },
-            {
-              deployment: 'e',
-              startedAt: iso(T0 - H),
-              endedAt: iso(T0 - H / 3),
-              why: 'x',
-              outcome: 'rolled-back',
-            },
+            ran(T0 - 3 * H, T0 - 2 * H, 'failed'),
+            ran(T0 - H, T0 - H / 3, 'rolled-back', 'e'),
           ],
         }),
         T0,
@@ -128,15 +109,7 @@ describe('decide: one advertisement at one time', () => {
         'retryAfter 0s: again at once',
         ad({ schedule: { retryAfter: '0s' } }),
         rec({
-          runs: [
-            {
-              deployment: 'd',
-              startedAt: iso(T0 - H),
-              endedAt: iso(T0),
-              why: 'x',
-              outcome: 'failed',
-            },
-          ],
+          runs: [ran(T0 - H, T0, 'failed')],
         }),
         T0,
         'ask start',
