@@ -629,8 +629,11 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
         ...(fault === 'wrong-arch' ? { arch: 'arm64' } : {}),
       });
       if (fault === 'wrong-os') plantFedora(m.disk);
-      if (viaOf[i] === 'serverless') configureServerless(m.disk, share!);
-      else configureClient(m.disk, server.url, site);
+      if (viaOf[i] === 'serverless')
+        configureClient(m.disk, {
+          serverless: { location: share!.dir, publicKey: share!.publicKeyPem },
+        });
+      else configureClient(m.disk, { server: server.url, site: site.name }, site.enrollmentToken);
       markApplied(m.disk, images.v1);
       const siteFault = siteFaults[site.name];
       machines.push({
@@ -648,13 +651,27 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
       `${count} lab machines created, ${machines.reduce((n, m) => n + Object.keys(m.before).length, 0)} user files hashed`,
     );
 
-    const namesOf = (pick: (m: DemoMachine) => boolean) =>
-      machines.filter(pick).map((m) => JSON.stringify(m.name));
+    const namesOf = (pick: (m: DemoMachine) => boolean) => machines.filter(pick).map((m) => m.name);
+    const nameList = (names: string[]) => names.map((n) => JSON.stringify(n)).join(', ');
+    const message = 'Your computer moves to the new lab desktop. Save your work.';
+    /** A collection of exactly these machines, and an advertisement to it. */
+    const advertiseTo = async (
+      names: string[],
+      collection: { name: string; description: string },
+      ad: { name: string; package: string; policy: Record<string, unknown> },
+    ) => {
+      await api.request('POST', '/api/v1/collections', {
+        body: { ...collection, rule: `name in [${nameList(names)}]` },
+      });
+      await api.request('POST', '/api/v1/advertisements', {
+        body: { ...ad, collection: collection.name },
+      });
+    };
     const advertise = async () => {
       const consent = namesOf((m) => needsConsent(m.plan));
       // The opaque and serverless machines have advertisements of their own.
       const excluded = [...consent, ...namesOf((m) => m.via !== 'server')];
-      const sitesRule = `site in [${siteNames.map((s) => JSON.stringify(s)).join(', ')}]`;
+      const sitesRule = `site in [${nameList(siteNames)}]`;
       await api.request('POST', '/api/v1/collections', {
         body: {
           name: 'lab-machines',
@@ -662,26 +679,20 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
             'every machine of the lab demo (but those that ask for consent, and the opaque and serverless ones)',
           rule:
             excluded.length > 0
-              ? `${sitesRule} and name not in [${excluded.join(', ')}]`
+              ? `${sitesRule} and name not in [${nameList(excluded)}]`
               : sitesRule,
         },
       });
       if (consent.length > 0) {
-        await api.request('POST', '/api/v1/collections', {
-          body: {
-            name: 'lab-consent',
-            description: 'lab machines whose users must consent',
-            rule: `name in [${consent.join(', ')}]`,
-          },
-        });
-        await api.request('POST', '/api/v1/advertisements', {
-          body: {
+        await advertiseTo(
+          consent,
+          { name: 'lab-consent', description: 'lab machines whose users must consent' },
+          {
             name: 'lab-desktop-consent-rollout',
             package: 'lab-desktop-consent@2.0',
-            collection: 'lab-consent',
             policy: { countdown: `${countdown}s` },
           },
-        });
+        );
         log(
           `advertisement lab-desktop-consent-rollout: ${consent.length} machine(s), permission required, no answer postpones`,
         );
@@ -691,10 +702,7 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
           name: 'lab-desktop-rollout',
           package: 'lab-desktop@2.0',
           collection: 'lab-machines',
-          policy: {
-            countdown: `${countdown}s`,
-            message: 'Your computer moves to the new lab desktop. Save your work.',
-          },
+          policy: { countdown: `${countdown}s`, message },
           ...(o.rollout ? { schedule: { ...o.rollout, activeWave: 1 } } : {}),
         },
       });
@@ -705,49 +713,32 @@ export async function prepareDemo(o: DemoOptions): Promise<DemoLab> {
 
     /** The opaque machines' and the serverless machines' advertisements (after the main one). */
     const advertiseOthers = async () => {
-      const policy = {
-        countdown: `${countdown}s`,
-        message: 'Your computer moves to the new lab desktop. Save your work.',
-      };
+      const policy = { countdown: `${countdown}s`, message };
       const opaque = namesOf((m) => m.via === 'opaque');
       if (opaque.length > 0) {
-        await api.request('POST', '/api/v1/collections', {
-          body: {
+        await advertiseTo(
+          opaque,
+          {
             name: 'lab-opaque',
             description: 'lab machines deployed from the opaque tar.zst package',
-            rule: `name in [${opaque.join(', ')}]`,
           },
-        });
-        await api.request('POST', '/api/v1/advertisements', {
-          body: {
-            name: 'lab-desktop-opaque-rollout',
-            package: 'lab-desktop-opaque@2.0',
-            collection: 'lab-opaque',
-            policy,
-          },
-        });
+          { name: 'lab-desktop-opaque-rollout', package: 'lab-desktop-opaque@2.0', policy },
+        );
         log(
           `advertisement lab-desktop-opaque-rollout (opaque tar.zst image): ${opaque.join(', ')}`,
         );
       }
-      const serverless = machines.filter((m) => m.via === 'serverless').map((m) => m.name);
+      const serverless = namesOf((m) => m.via === 'serverless');
       if (serverless.length > 0 && share) {
         // Nobody in it enrolled: the publication names the machines, as `--machine NAME`.
-        await api.request('POST', '/api/v1/collections', {
-          body: {
+        await advertiseTo(
+          serverless,
+          {
             name: 'lab-serverless',
             description: 'lab machines deployed serverless (published to a folder)',
-            rule: `name in [${serverless.map((n) => JSON.stringify(n)).join(', ')}]`,
           },
-        });
-        await api.request('POST', '/api/v1/advertisements', {
-          body: {
-            name: 'lab-desktop-serverless',
-            package: 'lab-desktop@2.0',
-            collection: 'lab-serverless',
-            policy,
-          },
-        });
+          { name: 'lab-desktop-serverless', package: 'lab-desktop@2.0', policy },
+        );
         const publication = await api.request<Publication>(
           'GET',
           '/api/v1/advertisements/lab-desktop-serverless/publication',
@@ -942,39 +933,26 @@ function machineVia(
 }
 
 /**
- * Points the machine's client at the share instead of a server: the folder and the publishing
- * public key; no server, no credential, no enrollment token (it never enrolls: its client picks
- * its GUID at the first run).
+ * Writes the machine's client configuration. The generated tree holds an identity from
+ * elsewhere: its credential, policy cache and token go. A machine of a server gets its site's
+ * enrollment token and enrolls afresh; a serverless one (`serverless: {location, publicKey}`,
+ * no token) never enrolls: its client picks its GUID at the first run.
  */
-function configureServerless(disk: string, share: DemoShare): void {
+function configureClient(
+  disk: string,
+  config: Record<string, unknown>,
+  enrollmentToken?: string,
+): void {
   const etc = path.join(disk, 'etc/reimage');
   fs.mkdirSync(etc, { recursive: true, mode: 0o750 });
   for (const f of ['credential', 'policy-cache.json', 'enrollment-token'])
     fs.rmSync(path.join(etc, f), { force: true });
   fs.writeFileSync(
     path.join(etc, 'client.json'),
-    JSON.stringify(
-      { serverless: { location: share.dir, publicKey: share.publicKeyPem }, pollSeconds: 2 },
-      null,
-      2,
-    ) + '\n',
+    JSON.stringify({ ...config, pollSeconds: 2 }, null, 2) + '\n',
   );
-}
-
-/** Points the machine's client at the demo's server, with its site's enrollment token. */
-function configureClient(disk: string, server: string, site: DemoSite): void {
-  const etc = path.join(disk, 'etc/reimage');
-  fs.mkdirSync(etc, { recursive: true, mode: 0o750 });
-  // The generated tree holds an identity from elsewhere: this machine enrolls afresh.
-  for (const f of ['credential', 'policy-cache.json'])
-    fs.rmSync(path.join(etc, f), { force: true });
-  fs.writeFileSync(
-    path.join(etc, 'client.json'),
-    JSON.stringify({ server, site: site.name, pollSeconds: 2 }, null, 2) + '\n',
-  );
-  fs.writeFileSync(path.join(etc, 'enrollment-token'), `${site.enrollmentToken}\n`, {
-    mode: 0o600,
-  });
+  if (enrollmentToken)
+    fs.writeFileSync(path.join(etc, 'enrollment-token'), `${enrollmentToken}\n`, { mode: 0o600 });
 }
 
 /**
